@@ -1,0 +1,11 @@
+"""Test doubles a service's own tests use: recording, fake time, fault injection.
+
+These are real implementations of the ports, not mocks: ``RecordingLogger`` passes
+the logger contract suite, ``FakeClock`` drives the in-memory adapters
+deterministically, and the ``Flaky*`` wrappers inject failures or latency into any
+implementation of a port, real adapters included.
+"""
+
+from ._clock import FakeClock
+
+__all__ = ["FakeClock"]
