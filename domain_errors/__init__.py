@@ -30,7 +30,13 @@ from ._errors import (
     unprocessable,
     wrap,
 )
-from ._http import GENERIC_MESSAGE, PROBLEM_JSON, ErrorResponse, to_http_response, to_problem_details
+from ._http import (
+    GENERIC_MESSAGE,
+    PROBLEM_JSON,
+    ErrorResponse,
+    to_http_response,
+    to_problem_details,
+)
 from .codes import ErrorCode
 
 __all__ = [

@@ -37,18 +37,25 @@ class ErrorResponse:
         }
 
 
+_GENERIC_5XX: Final[dict[int, str]] = {503: "service unavailable"}
+
+
 def _public(exc: BaseException) -> DomainError:
-    if isinstance(exc, DomainError) and not isinstance(exc, InternalServerError):
-        return exc
-    # A 500's message may come from deep inside (SQL, a path, a secret): never echo it.
-    return InternalServerError(GENERIC_MESSAGE)
+    if not isinstance(exc, DomainError):
+        return InternalServerError(GENERIC_MESSAGE)
+    if exc.status >= 500:
+        # A 5xx message is written for operators and may come from deep inside (a
+        # host, SQL, a key name): clients get the status's generic text and the code.
+        return type(exc)(_GENERIC_5XX.get(exc.status, GENERIC_MESSAGE), code=exc.code)
+    return exc
 
 
 def to_http_response(exc: BaseException) -> ErrorResponse:
     """Map any exception to the response a client may see.
 
-    A DomainError keeps its status, code and message, except 500s, whose message
-    is always the generic one; any other exception is a 500 with the generic
+    A 4xx DomainError keeps its status, code and message. A 5xx keeps its status
+    and code, but its message is replaced by a generic one ("internal server
+    error", "service unavailable"). Any other exception is a 500 with the generic
     message and nothing of the original.
     """
     err = _public(exc)

@@ -48,7 +48,9 @@ def _check_text(instance: Event, attribute: attrs.Attribute[str], value: str) ->
         )
 
 
-def _check_timestamp(instance: Event, attribute: attrs.Attribute[datetime], value: datetime) -> None:
+def _check_timestamp(
+    instance: Event, attribute: attrs.Attribute[datetime], value: datetime
+) -> None:
     if not isinstance(value, datetime):
         raise BadRequest("event timestamp must be a datetime", details={"field": "timestamp"})
     if value.tzinfo is None or value.utcoffset() is None:
@@ -133,7 +135,9 @@ class Event:
     organization_id: str = attrs.field(validator=_check_text)
     data: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_dict, validator=_check_data)
     id: str = attrs.field(factory=_new_id, validator=_check_text)
-    timestamp: datetime = attrs.field(factory=_utc_now, converter=_to_utc, validator=_check_timestamp)
+    timestamp: datetime = attrs.field(
+        factory=_utc_now, converter=_to_utc, validator=_check_timestamp
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's JSON shape as a dict, ``timestamp`` as RFC 3339 with ``Z``."""
@@ -177,7 +181,7 @@ class Event:
         """Inverse of :meth:`to_json`; ``BadRequest`` for anything that is not one."""
         try:
             raw = json.loads(text)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise BadRequest("event JSON does not parse") from exc
         return cls.from_dict(raw)
 
@@ -245,7 +249,7 @@ Handler: TypeAlias = Callable[[Event], Awaitable[None]]
 dead-letter at once. Handlers must be idempotent by ``event.id``."""
 
 
-class Reject(Exception):  # noqa: N818 - the name is the port's public API
+class Reject(Exception):
     """Raised by a handler for an event that can never succeed (no redelivery)."""
 
     def __init__(self, reason: str = "rejected by handler") -> None:

@@ -1,0 +1,1 @@
+"""The orders example service (placeholder until the composition-root issue lands)."""
