@@ -38,26 +38,26 @@ def test_every_domain_error_maps_to_its_status_and_code(
         assert resp.message == message == problem["detail"]
 
 
-@given(cls=st.sampled_from(FOREIGN), message=messages)
+# A marker no generic body contains, so "not in the body" cannot pass by accident.
+secrets = st.text(max_size=40).map(lambda m: f"xyzzy-{m}")
+
+
+@given(cls=st.sampled_from(FOREIGN), message=secrets)
 def test_foreign_exceptions_map_to_generic_500(cls: type[Exception], message: str) -> None:
     """Any other exception is a 500 whose body holds nothing of the original message."""
     resp = de.to_http_response(cls(message))
     problem = de.to_problem_details(cls(message))
     assert resp.status_code == problem["status"] == 500
     assert resp.message == problem["detail"] == de.GENERIC_MESSAGE
-    if message not in de.GENERIC_MESSAGE:
-        assert message not in str(resp.to_dict())
-        assert message not in str(problem)
+    assert "xyzzy" not in str(resp.to_dict())
+    assert "xyzzy" not in str(problem)
 
 
-@given(cls=st.sampled_from(DOMAIN_CLASSES), message=messages)
+@given(cls=st.sampled_from([c for c in DOMAIN_CLASSES if c.status >= 500]), message=secrets)
 def test_5xx_messages_never_reach_the_body(cls: type[DomainError], message: str) -> None:
     """A 5xx DomainError's own message never reaches a response body."""
-    if cls.status < 500:
-        return
-    resp = de.to_http_response(cls(message))
-    if message not in ("internal server error", "service unavailable"):
-        assert message not in resp.message
+    assert "xyzzy" not in str(de.to_http_response(cls(message)).to_dict())
+    assert "xyzzy" not in str(de.to_problem_details(cls(message)))
 
 
 @given(
