@@ -1,3 +1,5 @@
 """In-memory adapters for unit tests: same ports, same contract suites, no I/O."""
 
-__all__: list[str] = []
+from ._event_bus import InMemoryEventBus, InMemorySubscription
+
+__all__: list[str] = ["InMemoryEventBus", "InMemorySubscription"]

@@ -1,0 +1,164 @@
+"""Rules every event adapter applies the same way: subjects, durables, settings.
+
+Private to the adapters: the NATS adapter and the in-memory bus both validate with
+these functions, so that a name one of them refuses, the other refuses too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Final, NoReturn
+
+from domain_errors import BadRequest
+
+__all__ = [
+    "check_publish_subject",
+    "check_subscribe_subject",
+    "check_durable",
+    "check_subscribe_options",
+    "subject_pattern",
+    "backoff_delay",
+    "REASON_REJECTED",
+    "REASON_MAX_DELIVER",
+    "REASON_UNDECODABLE",
+    "NullLogger",
+    "describe",
+]
+
+REASON_REJECTED: Final = "rejected"
+REASON_MAX_DELIVER: Final = "max_deliver"
+REASON_UNDECODABLE: Final = "undecodable"
+
+_DURABLE: Final = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+_MAX_SUBJECT: Final = 1024
+
+
+def _tokens(subject: str, what: str) -> list[str]:
+    if not isinstance(subject, str) or not subject:
+        raise BadRequest(f"{what} must be a non-empty string", details={"field": "subject"})
+    if len(subject) > _MAX_SUBJECT:
+        raise BadRequest(f"{what} is too long", details={"field": "subject"})
+    if any(c.isspace() for c in subject):
+        raise BadRequest(f"{what} {subject!r} contains whitespace", details={"field": "subject"})
+    tokens = subject.split(".")
+    if "" in tokens:
+        raise BadRequest(f"{what} {subject!r} has an empty token", details={"field": "subject"})
+    return tokens
+
+
+@lru_cache(maxsize=4096)
+def check_publish_subject(subject: str) -> str:
+    """A literal subject (dot-separated tokens, no wildcards, no whitespace)."""
+    _tokens(subject, "event subject")
+    if "*" in subject or ">" in subject:
+        raise BadRequest(
+            f"event subject {subject!r} must not contain wildcards ('*', '>')",
+            details={"field": "subject"},
+        )
+    return subject
+
+
+@lru_cache(maxsize=1024)
+def check_subscribe_subject(subject: str) -> str:
+    """A subject filter: ``*`` matches one token, ``>`` one or more at the end."""
+    tokens = _tokens(subject, "subscription subject")
+    for i, part in enumerate(tokens):
+        if ("*" in part or ">" in part) and part not in ("*", ">"):
+            raise BadRequest(
+                f"subscription subject {subject!r}: a wildcard must be a whole token",
+                details={"field": "subject"},
+            )
+        if part == ">" and i != len(tokens) - 1:
+            raise BadRequest(
+                f"subscription subject {subject!r}: '>' must be the last token",
+                details={"field": "subject"},
+            )
+    return subject
+
+
+def check_durable(durable: str) -> str:
+    """A durable (consumer group) name: letters, digits, ``_`` and ``-``."""
+    if not isinstance(durable, str) or _DURABLE.match(durable) is None:
+        raise BadRequest(
+            "durable must be 1-200 characters of letters, digits, '_' or '-'",
+            details={"field": "durable"},
+        )
+    return durable
+
+
+def check_subscribe_options(
+    *, max_deliver: int, ack_wait: float, backoff: Sequence[float], concurrency: int
+) -> tuple[float, ...]:
+    """Validate subscribe options; returns the backoff as a tuple."""
+    if not isinstance(max_deliver, int) or max_deliver < 1:
+        raise BadRequest("max_deliver must be an integer >= 1", details={"field": "max_deliver"})
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise BadRequest("concurrency must be an integer >= 1", details={"field": "concurrency"})
+    if not (isinstance(ack_wait, int | float) and math.isfinite(ack_wait) and ack_wait > 0):
+        raise BadRequest(
+            "ack_wait must be a positive number of seconds", details={"field": "ack_wait"}
+        )
+    delays = tuple(float(d) for d in backoff)
+    if any(not math.isfinite(d) or d < 0 for d in delays):
+        raise BadRequest("backoff delays must be finite and >= 0", details={"field": "backoff"})
+    return delays
+
+
+def backoff_delay(backoff: Sequence[float], attempt: int) -> float:
+    """The delay before redelivering after failed ``attempt`` (1-based); the last
+    value repeats, and an empty backoff means at once."""
+    if not backoff:
+        return 0.0
+    return backoff[min(attempt, len(backoff)) - 1]
+
+
+@lru_cache(maxsize=1024)
+def subject_pattern(subject: str) -> re.Pattern[str]:
+    """A compiled regex matching the literal subjects that ``subject`` selects."""
+    parts = []
+    for part in check_subscribe_subject(subject).split("."):
+        if part == "*":
+            parts.append(r"[^.]+")
+        elif part == ">":
+            parts.append(r".+")
+        else:
+            parts.append(re.escape(part))
+    return re.compile(r"\.".join(parts) + r"\Z")
+
+
+class NullLogger:
+    """A :class:`ports.logger.Logger` that writes nothing (the default logger)."""
+
+    __slots__ = ()
+
+    def debug(self, msg: str, /, **tags: Any) -> None:
+        """Discard."""
+
+    def info(self, msg: str, /, **tags: Any) -> None:
+        """Discard."""
+
+    def warning(self, msg: str, /, **tags: Any) -> None:
+        """Discard."""
+
+    def warn(self, msg: str, /, **tags: Any) -> None:
+        """Discard."""
+
+    def error(self, msg: str, /, *, exc: BaseException | None = None, **tags: Any) -> None:
+        """Discard."""
+
+    def fatal(self, msg: str, /, *, exc: BaseException | None = None, **tags: Any) -> NoReturn:
+        """Raise ``SystemExit(1)`` as the port says, writing nothing."""
+        raise SystemExit(1)
+
+    def bind(self, **tags: Any) -> NullLogger:
+        """Itself."""
+        return self
+
+
+def describe(exc: BaseException) -> str:
+    """A short description of ``exc`` for dead letters: its type and message, capped."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."

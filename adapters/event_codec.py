@@ -1,0 +1,342 @@
+"""Event <-> wire message: CloudEvents 1.0 in binary content mode, JSON data.
+
+The wire format every event adapter speaks (see ADR 0018):
+
+- the body is the JSON of ``event.data`` (orjson; always a JSON object);
+- the attributes travel in headers, named as the CloudEvents HTTP binding names
+  them, so that any CloudEvents reader that knows the ``ce-`` mapping reads our
+  events and we read theirs::
+
+      ce-specversion: 1.0
+      ce-id: <event.id>
+      ce-type: <event.type>
+      ce-source: <event.source>
+      ce-time: <event.timestamp, RFC 3339, UTC, "Z">
+      ce-organizationid: <event.organization_id>     (CloudEvents extension)
+      ce-requestid: <the publisher's request id>     (extension; only when bound)
+      Content-Type: application/json
+      Nats-Msg-Id: <event.id>                        (JetStream dedupe key)
+
+- header values are percent-encoded exactly where the CloudEvents HTTP binding
+  says so (space, ``"``, ``%`` and anything outside printable ASCII); plain ids,
+  types and timestamps therefore travel unchanged.
+
+Decoding is total: :func:`decode` returns an :class:`~ports.events.Event` or
+raises :class:`EventDecodeError` (a ``BadRequest`` with code ``DECODE_ERROR``),
+never anything else, whatever the bytes and headers. It reads header names in
+any case, accepts ``X-Request-ID`` when ``ce-requestid`` is absent, and also
+reads structured-mode messages (``Content-Type: application/cloudevents+json``).
+A message without ``ce-time`` gets ``default_time`` (the broker's storage time);
+``ce-organizationid`` is required, as every event of ours belongs to a tenant.
+
+:func:`event_to_json` / :func:`event_from_json` are the fast (cattrs + orjson)
+equivalents of :meth:`Event.to_json` / :meth:`Event.from_json`: same JSON shape,
+same validation, bytes instead of text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import attrs
+import cattrs
+import orjson
+
+from domain_errors import BadRequest, ErrorCode
+from ports.events import Event, format_timestamp, parse_timestamp
+
+__all__ = [
+    "EventDecodeError",
+    "Decoded",
+    "encode",
+    "decode",
+    "decode_message",
+    "encode_data",
+    "header_value",
+    "request_id_from_headers",
+    "event_to_json",
+    "event_from_json",
+    "SPECVERSION",
+    "CONTENT_TYPE",
+    "H_SPECVERSION",
+    "H_ID",
+    "H_TYPE",
+    "H_SOURCE",
+    "H_TIME",
+    "H_ORGANIZATION_ID",
+    "H_REQUEST_ID",
+    "H_CONTENT_TYPE",
+    "H_MSG_ID",
+    "H_X_REQUEST_ID",
+]
+
+SPECVERSION: Final = "1.0"
+CONTENT_TYPE: Final = "application/json"
+
+H_SPECVERSION: Final = "ce-specversion"
+H_ID: Final = "ce-id"
+H_TYPE: Final = "ce-type"
+H_SOURCE: Final = "ce-source"
+H_TIME: Final = "ce-time"
+H_ORGANIZATION_ID: Final = "ce-organizationid"
+H_REQUEST_ID: Final = "ce-requestid"
+H_CONTENT_TYPE: Final = "Content-Type"
+H_MSG_ID: Final = "Nats-Msg-Id"
+H_X_REQUEST_ID: Final = "X-Request-ID"
+
+_STRUCTURED_TYPE: Final = "application/cloudevents+json"
+# CloudEvents HTTP binding 3.1.3.2: printable ASCII stays, except space, '"' and '%'.
+_SAFE: Final = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+_NEEDS_QUOTING: Final = re.compile(r'[^\x21-\x7e]|["%]')
+# orjson reads integers beyond 64 bits as floats, silently: let stdlib json read those.
+_LONG_DIGITS: Final = re.compile(rb"\d{20}")
+_JSON_TYPE: Final = re.compile(r"^\s*(application|text)/([\w.+-]*\+)?json\s*(;.*)?$", re.I)
+
+
+class EventDecodeError(BadRequest):
+    """A message that is not an event we can read: names what is wrong, never values."""
+
+    default_code = ErrorCode.DECODE_ERROR
+
+
+@attrs.frozen(slots=True)
+class Decoded:
+    """A decoded message: the event and the publisher's request id (if any)."""
+
+    event: Event
+    request_id: str | None = None
+
+
+def header_value(value: str) -> str:
+    """``value`` percent-encoded for a header, per the CloudEvents HTTP binding."""
+    if _NEEDS_QUOTING.search(value) is None:
+        return value
+    return quote(value, safe=_SAFE, errors="surrogatepass")
+
+
+def _unquote(value: str) -> str:
+    return unquote(value, errors="surrogatepass") if "%" in value else value
+
+
+def encode_data(data: Mapping[str, Any]) -> bytes:
+    """The JSON body for ``data``: orjson, or stdlib json for what orjson refuses
+    (integers beyond 64 bits, lone surrogates), so that every valid Event encodes."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def encode(event: Event, *, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The body and headers that carry ``event`` (and ``request_id``) on the wire."""
+    msg_id = header_value(event.id)
+    headers = {
+        H_SPECVERSION: SPECVERSION,
+        H_ID: msg_id,
+        H_TYPE: header_value(event.type),
+        H_SOURCE: header_value(event.source),
+        H_TIME: format_timestamp(event.timestamp),
+        H_ORGANIZATION_ID: header_value(event.organization_id),
+        H_CONTENT_TYPE: CONTENT_TYPE,
+        H_MSG_ID: msg_id,
+    }
+    if request_id is not None:
+        headers[H_REQUEST_ID] = header_value(str(request_id))
+    return encode_data(event.data), headers
+
+
+def _loads(body: bytes) -> Any:
+    if _LONG_DIGITS.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # stdlib json reads a few things orjson does not (escaped lone surrogates)
+    return json.loads(body)
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k).lower(): v for k, v in headers.items()}
+
+
+def request_id_from_headers(headers: Mapping[str, str] | None) -> str | None:
+    """The publisher's request id carried by ``headers``, or ``None``."""
+    if not headers:
+        return None
+    lowered = _lower(headers)
+    raw = lowered.get(H_REQUEST_ID) or lowered.get(H_X_REQUEST_ID.lower())
+    return _unquote(raw) if raw else None
+
+
+def _required(lowered: Mapping[str, str], name: str) -> str:
+    raw = lowered.get(name)
+    if raw is None:
+        raise EventDecodeError(f"message has no {name} header", details={"header": name})
+    return _unquote(raw)
+
+
+def _check_json_type(content_type: str | None) -> None:
+    if content_type is not None and _JSON_TYPE.match(content_type) is None:
+        raise EventDecodeError(
+            "message data is not JSON (unsupported content type)",
+            details={"header": "content-type"},
+        )
+
+
+def _binary(body: bytes, lowered: Mapping[str, str], default_time: datetime | None) -> Decoded:
+    specversion = lowered[H_SPECVERSION]
+    if specversion.strip() != SPECVERSION:
+        raise EventDecodeError(
+            "unsupported CloudEvents specversion", details={"header": H_SPECVERSION}
+        )
+    _check_json_type(lowered.get("content-type"))
+    data = _loads(body) if body.strip() else {}
+    raw_time = lowered.get(H_TIME)
+    timestamp = parse_timestamp(_unquote(raw_time)) if raw_time is not None else default_time
+    if timestamp is None:
+        raise EventDecodeError("message has no ce-time header", details={"header": H_TIME})
+    raw_rid = lowered.get(H_REQUEST_ID) or lowered.get(H_X_REQUEST_ID.lower())
+    event = Event(
+        id=_required(lowered, H_ID),
+        type=_required(lowered, H_TYPE),
+        source=_required(lowered, H_SOURCE),
+        organization_id=_required(lowered, H_ORGANIZATION_ID),
+        timestamp=timestamp,
+        data=data,
+    )
+    return Decoded(event, _unquote(raw_rid) if raw_rid else None)
+
+
+def _structured(body: bytes, default_time: datetime | None) -> Decoded:
+    raw = _loads(body)
+    if not isinstance(raw, dict):
+        raise EventDecodeError("structured CloudEvent is not a JSON object")
+    if raw.get("specversion") != SPECVERSION:
+        raise EventDecodeError(
+            "unsupported CloudEvents specversion", details={"field": "specversion"}
+        )
+    missing = [k for k in ("id", "type", "source", "organizationid") if k not in raw]
+    if missing:
+        raise EventDecodeError(
+            f"structured CloudEvent is missing {', '.join(missing)}", details={"missing": missing}
+        )
+    if "data_base64" in raw:
+        raise EventDecodeError("binary (data_base64) event data is not supported")
+    content_type = raw.get("datacontenttype")
+    _check_json_type(content_type if isinstance(content_type, str) else None)
+    timestamp = parse_timestamp(raw["time"]) if "time" in raw else default_time
+    if timestamp is None:
+        raise EventDecodeError("structured CloudEvent has no time", details={"field": "time"})
+    data = raw.get("data")
+    event = Event(
+        id=raw["id"],
+        type=raw["type"],
+        source=raw["source"],
+        organization_id=raw["organizationid"],
+        timestamp=timestamp,
+        data={} if data is None else data,
+    )
+    rid = raw.get("requestid")
+    return Decoded(event, rid if isinstance(rid, str) and rid else None)
+
+
+def _decode(
+    body: bytes, headers: Mapping[str, str] | None, default_time: datetime | None
+) -> Decoded:
+    lowered = _lower(headers) if headers else {}
+    if H_SPECVERSION in lowered:
+        return _binary(bytes(body), lowered, default_time)
+    content_type = lowered.get("content-type", "")
+    if content_type.strip().lower().startswith(_STRUCTURED_TYPE):
+        return _structured(bytes(body), default_time)
+    raise EventDecodeError(
+        "message is not a CloudEvent (no ce-specversion header)",
+        details={"header": H_SPECVERSION},
+    )
+
+
+def decode_message(
+    body: bytes, headers: Mapping[str, str] | None, *, default_time: datetime | None = None
+) -> Decoded:
+    """Read a wire message into a :class:`Decoded`; :class:`EventDecodeError` otherwise.
+
+    ``default_time`` stands in for a missing ``ce-time`` (for example the broker's
+    storage time); without one, a missing time is a decode error.
+    """
+    try:
+        return _decode(body, headers, default_time)
+    except EventDecodeError:
+        raise
+    except BadRequest as exc:
+        raise EventDecodeError(f"message is not a valid event: {exc.message}") from exc
+    except Exception as exc:
+        raise EventDecodeError(
+            f"message does not decode ({type(exc).__name__})", details={"cause": type(exc).__name__}
+        ) from exc
+
+
+def decode(
+    body: bytes, headers: Mapping[str, str] | None, *, default_time: datetime | None = None
+) -> Event:
+    """The event carried by a wire message; :class:`EventDecodeError` otherwise."""
+    return decode_message(body, headers, default_time=default_time).event
+
+
+# --- the seed's JSON shape, fast: cattrs for structure, orjson for bytes -----------------
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("event JSON field must be a string")
+    return value
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=False)
+    converter.register_unstructure_hook(datetime, format_timestamp)
+    converter.register_structure_hook(datetime, lambda value, _: parse_timestamp(value))
+    converter.register_structure_hook(str, _strict_str)
+    # ``data`` is checked and copied by Event itself: hand it over as it is.
+    converter.register_structure_hook_func(
+        lambda cls: cls == Mapping[str, Any], lambda value, _: value
+    )
+    return converter
+
+
+_converter: Final = _make_converter()
+
+
+def event_to_json(event: Event) -> bytes:
+    """The seed's JSON shape (as :meth:`Event.to_json`), as UTF-8 bytes."""
+    return encode_data(_converter.unstructure(event))
+
+
+def _event_from_json(raw: bytes | str) -> Event:
+    value = _loads(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if not isinstance(value, dict):
+        raise EventDecodeError("event JSON must be an object")
+    missing = [k for k in ("type", "source", "organization_id") if k not in value]
+    if missing:
+        raise EventDecodeError(
+            f"event JSON is missing {', '.join(missing)}", details={"missing": missing}
+        )
+    return _converter.structure(value, Event)
+
+
+def event_from_json(raw: bytes | str) -> Event:
+    """Inverse of :func:`event_to_json`; :class:`EventDecodeError` for anything else."""
+    try:
+        return _event_from_json(raw)
+    except EventDecodeError:
+        raise
+    except BadRequest as exc:
+        raise EventDecodeError(f"event JSON is not a valid event: {exc.message}") from exc
+    except Exception as exc:
+        raise EventDecodeError(
+            f"event JSON does not decode ({type(exc).__name__})",
+            details={"cause": type(exc).__name__},
+        ) from exc
