@@ -1,0 +1,513 @@
+"""SqliteDatabase: the fake :class:`ports.database.Database`, on stdlib sqlite3 in memory.
+
+It passes the same contract suite (``testing.contracts.database``) as
+:class:`adapters.postgres.PostgresDatabase`, on the SQL both speak. Differences from
+PostgreSQL are listed in ADR 0011; the short version:
+
+**Placeholders.** psycopg's ``%s`` / ``%b`` / ``%t`` (positional) and ``%(name)s``
+(named) are rewritten to SQLite's ``?``; ``%%`` is a literal ``%``. As with psycopg, the
+query is always parsed for placeholders (``%`` must be doubled even inside string
+literals), positional and named styles cannot be mixed, and a wrong number or shape of
+parameters raises ``InternalServerError``. One statement per call.
+
+**Types.** Parameters: ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str``,
+``bytes``, plus ``datetime`` / ``date`` (stored as ISO 8601 text), ``Decimal`` and
+``UUID`` (stored as text). Columns declared ``BOOLEAN``/``BOOL``, ``TIMESTAMPTZ``,
+``TIMESTAMP``, ``DATE``, ``NUMERIC``/``DECIMAL`` and ``UUID`` come back as ``bool``,
+aware ``datetime`` (UTC when stored naive), naive ``datetime``, ``date``, ``Decimal``
+and ``UUID``, as PostgreSQL returns them. (These converters are registered with
+:func:`sqlite3.register_converter`, which is process-wide, for those type names.)
+
+**SQL subset both speak** (what the contract suite uses): ``CREATE TABLE`` with
+``BIGINT``/``INTEGER``/``TEXT``/``REAL``/``BOOLEAN``/``TIMESTAMPTZ``/``NUMERIC``
+columns, ``PRIMARY KEY``, ``UNIQUE``, ``NOT NULL``, ``DEFAULT``, ``CHECK``, ``REFERENCES``;
+``DROP TABLE [IF EXISTS]``; ``INSERT`` (multi-row ``VALUES``, ``ON CONFLICT ... DO
+NOTHING / DO UPDATE SET ... = excluded.x``, ``RETURNING``); ``UPDATE``/``DELETE`` with
+``RETURNING``; ``SELECT`` with joins, ``WHERE``, ``GROUP BY``, ``HAVING``, ``ORDER BY``,
+``LIMIT``/``OFFSET``, subqueries, ``WITH`` (CTEs), ``UNION``, ``CASE``, ``COALESCE``,
+``count``/``sum``/``min``/``max``/``avg``, ``lower``/``upper``/``length``, ``||``.
+Not available here: ``SERIAL``/``IDENTITY`` (supply keys, or ``INTEGER PRIMARY KEY`` in
+SQLite only), ``::`` casts, ``ILIKE``, ``= ANY(%s)`` with a list, arrays, JSONB
+operators, ``FOR UPDATE``/``SKIP LOCKED``, schemas, ``now()`` (use ``CURRENT_TIMESTAMP``),
+``LISTEN``/``NOTIFY``, sequences. Integer division and ``LIKE`` case rules follow SQLite.
+
+**Transactions and concurrency.** One connection, serialized by an ``asyncio.Lock``:
+a transaction holds the lock from ``BEGIN`` to ``COMMIT``/``ROLLBACK``, and every other
+task's statements wait for it (for up to ``lock_timeout`` seconds, then
+``ServiceUnavailable``, as a pool timeout would). So another task never sees or
+interleaves with an open transaction; unlike PostgreSQL, it waits instead of reading
+the last committed state. Calling the *Database* (not the transaction object) from
+the task that holds an open transaction raises ``InternalServerError`` at once instead
+of deadlocking. Savepoints nest as on PostgreSQL, and an error inside a transaction
+aborts it as PostgreSQL does: later statements raise ``InternalServerError`` until a
+savepoint block rolls back, and leaving the block normally rolls it back and raises
+``InternalServerError``.
+
+**Errors.** ``UNIQUE``/``PRIMARY KEY`` and ``FOREIGN KEY`` violations (foreign keys are
+enforced: ``PRAGMA foreign_keys=ON``) -> ``Conflict`` with ``details["sqlstate"]`` as
+PostgreSQL would report it (23505, 23503); other failures -> ``InternalServerError``
+(SQLite's own message is kept: it never contains parameter values); calls before
+``connect()`` or after ``close()`` -> ``ServiceUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from domain_errors import (
+    Conflict,
+    DomainError,
+    ErrorCode,
+    InternalServerError,
+    ServiceUnavailable,
+)
+from ports.clock import Clock
+from ports.config import ConfigSource
+from ports.database import Params, Row, Transaction
+from ports.logger import Logger
+
+__all__ = ["SqliteDatabase"]
+
+_PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?(?P<kind>[sbt])")
+_NATIVE: Final = frozenset({int, float, str, bytes, type(None), bool})
+
+
+@functools.lru_cache(maxsize=1024)
+def _translate(sql: str) -> tuple[str, int, tuple[str, ...]]:
+    """``sql`` with psycopg placeholders as ``?``: (text, positional count, names)."""
+    out: list[str] = []
+    names: list[str] = []
+    positional = 0
+    i = 0
+    while True:
+        j = sql.find("%", i)
+        if j < 0:
+            out.append(sql[i:])
+            break
+        out.append(sql[i:j])
+        if sql.startswith("%%", j):
+            out.append("%")
+            i = j + 2
+            continue
+        match = _PLACEHOLDER.match(sql, j)
+        if match is None:
+            raise InternalServerError(
+                "invalid placeholder: only %s, %b, %t, %(name)s and %% (a literal %) are allowed"
+            )
+        if match["name"] is None:
+            positional += 1
+        else:
+            names.append(match["name"])
+        out.append("?")
+        i = match.end()
+    if positional and names:
+        raise InternalServerError("positional and named placeholders cannot be mixed")
+    return "".join(out), positional, tuple(names)
+
+
+def _adapt(value: Any) -> Any:
+    if type(value) in _NATIVE:
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    return value
+
+
+def _bind(sql: str, params: Params) -> tuple[str, tuple[Any, ...]]:
+    if isinstance(params, str | bytes) or not isinstance(params, Sequence | Mapping):
+        raise InternalServerError(
+            "invalid query parameters: query parameters should be a sequence or a mapping, "
+            f"got {type(params).__name__}"
+        )
+    text, positional, names = _translate(sql)
+    if names:
+        if not isinstance(params, Mapping):
+            raise InternalServerError(
+                "invalid query parameters: named placeholders require a mapping of parameters"
+            )
+        missing = [name for name in names if name not in params]
+        if missing:
+            raise InternalServerError(f"query parameter missing: {', '.join(missing)}")
+        values: Sequence[Any] = [params[name] for name in names]
+    elif isinstance(params, Mapping):
+        if positional:
+            raise InternalServerError(
+                "invalid query parameters: positional placeholders (%s) require a sequence "
+                "of parameters"
+            )
+        values = ()
+    else:
+        if len(params) != positional:
+            raise InternalServerError(
+                f"the query has {positional} placeholders but {len(params)} parameters were passed"
+            )
+        values = params
+    return text, tuple(_adapt(v) for v in values)
+
+
+def _to_bool(raw: bytes) -> bool:
+    return raw.strip().lower() not in (b"0", b"0.0", b"false", b"f", b"")
+
+
+def _to_timestamptz(raw: bytes) -> datetime:
+    value = datetime.fromisoformat(raw.decode())
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_CONVERTERS: Final = {
+    "BOOLEAN": _to_bool,
+    "BOOL": _to_bool,
+    "TIMESTAMPTZ": _to_timestamptz,
+    "TIMESTAMP": lambda raw: datetime.fromisoformat(raw.decode()),
+    "DATE": lambda raw: date.fromisoformat(raw.decode()),
+    "NUMERIC": lambda raw: Decimal(raw.decode()),
+    "DECIMAL": lambda raw: Decimal(raw.decode()),
+    "UUID": lambda raw: uuid.UUID(raw.decode()),
+}
+
+
+@functools.cache
+def _register_converters() -> None:
+    for name, converter in _CONVERTERS.items():
+        sqlite3.register_converter(name, converter)
+
+
+_CONFLICTS: Final = {
+    "SQLITE_CONSTRAINT_UNIQUE": ("unique", "23505", ErrorCode.DUPLICATE),
+    "SQLITE_CONSTRAINT_PRIMARYKEY": ("unique", "23505", ErrorCode.DUPLICATE),
+    "SQLITE_CONSTRAINT_FOREIGNKEY": ("foreign key", "23503", ErrorCode.CONFLICT),
+}
+_INTEGRITY_STATES: Final = {
+    "SQLITE_CONSTRAINT_NOTNULL": "23502",
+    "SQLITE_CONSTRAINT_CHECK": "23514",
+}
+
+
+def _map_error(exc: Exception) -> DomainError:
+    """The domain error for a sqlite3 error (the caller chains ``exc`` as cause)."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    message = str(exc)
+    if name in _CONFLICTS:
+        kind, sqlstate, code = _CONFLICTS[name]
+        constraint = message.partition("failed: ")[2] or "?"
+        table = constraint.partition(".")[0] if "." in constraint else "?"
+        return Conflict(
+            f"{kind} constraint {constraint} on table {table} violated",
+            code=code,
+            details={"constraint": constraint, "table": table, "sqlstate": sqlstate},
+        )
+    if isinstance(exc, OverflowError):
+        return InternalServerError(
+            "database error NumericValueOutOfRange (SQLSTATE 22003): integer out of range",
+            details={"sqlstate": "22003"},
+        )
+    details = {"sqlstate": _INTEGRITY_STATES[name]} if name in _INTEGRITY_STATES else {}
+    return InternalServerError(f"database error {type(exc).__name__}: {message}", details=details)
+
+
+class _TxState:
+    """State shared by a top-level transaction and its savepoints."""
+
+    __slots__ = ("aborted", "depth")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.depth = 0
+
+
+class _SqliteTransaction:
+    """A :class:`ports.database.Transaction` (or savepoint) on the fake."""
+
+    __slots__ = ("_active", "_db", "_state")
+
+    def __init__(self, db: SqliteDatabase, state: _TxState) -> None:
+        self._db = db
+        self._state = state
+        self._active = True
+
+    def _check(self) -> sqlite3.Connection:
+        if not self._active:
+            raise InternalServerError("transaction used after its block ended")
+        conn = self._db._open_connection()
+        if self._state.aborted:
+            raise InternalServerError(
+                "database error InFailedSqlTransaction (SQLSTATE 25P02): current transaction "
+                "is aborted, commands ignored until end of transaction block",
+                details={"sqlstate": "25P02"},
+            )
+        return conn
+
+    def _run(self, sql: str, params: Params) -> _Result:
+        conn = self._check()
+        try:
+            return _run(conn, sql, params)
+        except DomainError:
+            self._state.aborted = True
+            raise
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return _rowcount(*self._run(sql, params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        rows = _rows(*self._run(sql, params))
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return _rows(*self._run(sql, params))
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        cur, rows = self._run(sql, params)
+        _require_result(cur)
+        return rows[0][0] if rows else None
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        self._check()
+        return self._db._savepoint(self._state)
+
+    def __repr__(self) -> str:
+        return f"<SqliteDatabase transaction {'open' if self._active else 'finished'}>"
+
+
+_Result = tuple[sqlite3.Cursor, list[Any] | None]
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: Params) -> _Result:
+    """Run one statement; return the cursor and, if it produced rows, the rows."""
+    text, values = _bind(sql, params)
+    try:
+        cur = conn.execute(text, values)
+        rows = cur.fetchall() if cur.description is not None else None
+    except (sqlite3.Error, OverflowError) as exc:
+        raise _map_error(exc) from exc
+    return cur, rows
+
+
+def _rowcount(cur: sqlite3.Cursor, rows: list[Any] | None) -> int:
+    return len(rows) if rows is not None else cur.rowcount
+
+
+def _require_result(cur: sqlite3.Cursor) -> None:
+    if cur.description is None:
+        raise InternalServerError(
+            "database error ProgrammingError: the last operation didn't produce records"
+        )
+
+
+def _rows(cur: sqlite3.Cursor, rows: list[Any] | None) -> list[Row]:
+    _require_result(cur)
+    names = [column[0] for column in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in rows or ()]
+
+
+class SqliteDatabase:
+    """:class:`ports.database.Database` on one in-memory SQLite connection.
+
+    The constructor does no I/O; ``connect()`` creates the (empty) database and
+    ``close()`` discards it. See the module docstring for the SQL subset, type
+    mapping, concurrency (transactions are serialized) and error mapping.
+    """
+
+    transactions_run_concurrently: Final = False
+    """Another task's statements wait while a transaction is open (see module docs)."""
+
+    def __init__(self, *, lock_timeout: float = 10.0, logger: Logger | None = None) -> None:
+        self.lock_timeout = lock_timeout
+        self._logger = logger
+        self._conn: sqlite3.Connection | None = None
+        self._state: Literal["new", "open", "closing", "closed"] = "new"
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: ConfigSource, *, logger: Logger | None = None, clock: Clock | None = None
+    ) -> SqliteDatabase:
+        """A fake database; ``DB_POOL_TIMEOUT_S`` (5) bounds the wait for the lock."""
+        return cls(lock_timeout=config.get_float("DB_POOL_TIMEOUT_S", 5.0), logger=logger)
+
+    def __repr__(self) -> str:
+        return f"SqliteDatabase(:memory:, {self._state})"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the in-memory database (foreign keys on). Idempotent once open."""
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise self._unavailable()
+        _register_converters()
+        conn = sqlite3.connect(
+            ":memory:",
+            isolation_level=None,
+            check_same_thread=False,
+            detect_types=sqlite3.PARSE_DECLTYPES,
+        )
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._conn = conn
+        self._state = "open"
+
+    async def health_check(self) -> None:
+        """``SELECT 1`` (does not wait for an open transaction)."""
+        _run(self._open_connection(), "SELECT 1", ())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Refuse new work, wait up to ``timeout`` for the open transaction, then close."""
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return
+        if self._state == "closing":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._lock.acquire()
+                    self._lock.release()
+            return
+        self._state = "closing"
+        acquired = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._lock.acquire()
+                acquired = True
+        except TimeoutError:
+            if self._logger is not None:
+                self._logger.warning("database closing with a transaction still open")
+        finally:
+            conn, self._conn = self._conn, None
+            self._state = "closed"
+            if conn is not None:
+                conn.close()
+            if acquired:
+                self._lock.release()
+
+    def _unavailable(self) -> ServiceUnavailable:
+        state = "not connected (call connect() first)" if self._state == "new" else "closed"
+        return ServiceUnavailable(
+            f"database :memory: is {state}",
+            code=ErrorCode.DATABASE_UNAVAILABLE,
+            details={"reason": "closed" if self._state != "new" else "not_connected"},
+        )
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise self._unavailable()
+        return self._conn
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[sqlite3.Connection]:
+        if self._state != "open":
+            raise self._unavailable()
+        task = asyncio.current_task()
+        if self._owner is not None and self._owner is task:
+            raise InternalServerError(
+                "SqliteDatabase: this task holds an open transaction; run the statement "
+                "through the transaction object (the fake serializes transactions, so "
+                "waiting here would deadlock)"
+            )
+        try:
+            async with asyncio.timeout(self.lock_timeout):
+                await self._lock.acquire()
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"no database connection became free within {self.lock_timeout:g} s "
+                "(a transaction holds the SqliteDatabase)",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "pool_timeout"},
+            ) from exc
+        try:
+            yield self._open_connection()
+        finally:
+            self._lock.release()
+
+    # --- Queryable (autocommit) ------------------------------------------------------
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._locked() as conn:
+            return _rowcount(*_run(conn, sql, params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._locked() as conn:
+            rows = _rows(*_run(conn, sql, params))
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._locked() as conn:
+            return _rows(*_run(conn, sql, params))
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        async with self._locked() as conn:
+            cur, rows = _run(conn, sql, params)
+        _require_result(cur)
+        return rows[0][0] if rows else None
+
+    # --- transactions ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``BEGIN`` holding the lock; ``COMMIT`` on normal exit, else ``ROLLBACK``."""
+        async with self._locked() as conn:
+            self._owner = asyncio.current_task()
+            try:
+                conn.execute("BEGIN")
+                state = _TxState()
+                with self._frame(state, "ROLLBACK", "COMMIT") as tx:
+                    yield tx
+            finally:
+                self._owner = None
+
+    @asynccontextmanager
+    async def _savepoint(self, state: _TxState) -> AsyncIterator[Transaction]:
+        name = f"hx_sp_{state.depth + 1}"
+        self._open_connection().execute(f"SAVEPOINT {name}")
+        state.depth += 1
+        try:
+            with self._frame(
+                state, f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}", f"RELEASE {name}"
+            ) as tx:
+                yield tx
+        finally:
+            state.depth -= 1
+
+    @contextlib.contextmanager
+    def _frame(self, state: _TxState, rollback: str, commit: str) -> Iterator[Transaction]:
+        tx = _SqliteTransaction(self, state)
+        try:
+            yield tx
+        except BaseException:
+            tx._active = False
+            self._finish(rollback)
+            state.aborted = False
+            raise
+        tx._active = False
+        if state.aborted:
+            self._finish(rollback)
+            state.aborted = False
+            raise InternalServerError(
+                "transaction rolled back: a statement in it failed and the block still "
+                "exited normally (catch errors outside a savepoint block)",
+                details={"reason": "aborted_transaction"},
+            )
+        try:
+            self._open_connection().execute(commit)
+        except sqlite3.Error as exc:
+            self._finish(rollback)
+            raise _map_error(exc) from exc
+
+    def _finish(self, statements: str) -> None:
+        """Run rollback statements; a closed database has nothing left to roll back."""
+        conn = self._conn
+        if conn is None:
+            return
+        for statement in statements.split("; "):
+            conn.execute(statement)

@@ -1,0 +1,702 @@
+"""PostgreSQL adapter for :class:`ports.database.Database` on psycopg 3 and psycopg_pool.
+
+Build it with :meth:`PostgresDatabase.from_config` (or from a :class:`PostgresSettings`);
+the constructor does no I/O. ``await db.connect()`` opens the pool.
+
+Behaviour, beyond the port's contract:
+
+- **Autocommit pool.** Every pooled connection is in autocommit mode, so a single
+  statement on the Database costs one round trip (no ``BEGIN``/``COMMIT``).
+  :meth:`PostgresDatabase.transaction` opens an explicit transaction block
+  (``BEGIN`` ... ``COMMIT``/``ROLLBACK``); a transaction's own ``transaction()`` is a
+  ``SAVEPOINT``. Rows are dicts. Statements run often on a connection are prepared
+  server-side after ``DB_PREPARE_THRESHOLD`` uses (psycopg's automatic preparation).
+- **Connect.** ``connect()`` probes the server with one connection, retrying with
+  exponential backoff (tenacity, ``DB_CONNECT_RETRIES`` attempts, on the injected
+  clock), then fills the pool to ``DB_POOL_MIN_SIZE``. A server that never answers
+  gives ``ServiceUnavailable`` naming host, port and database, never the password.
+- **Checked connections.** ``DB_POOL_CHECK=fast`` (default) checks each connection as it
+  leaves the pool without a round trip: an idle autocommit connection's socket has
+  nothing to read, so a readable socket (a server shutdown message, an EOF) triggers
+  a real ``check_connection`` round trip, and a dead connection is replaced instead
+  of being handed out. ``query`` always does the round trip (psycopg's
+  ``AsyncConnectionPool.check_connection``); ``none`` does not check.
+- **Slow queries** (``DB_SLOW_QUERY_MS``, 500 ms) are logged at warning with the SQL
+  text and the duration, never the parameters. ``DB_STATEMENT_TIMEOUT_MS`` sets the
+  server's ``statement_timeout``; a statement that exceeds it raises
+  ``ServiceUnavailable`` (``details["reason"] == "statement_timeout"``).
+- **Errors** (driver error kept as ``__cause__``; messages never carry parameter
+  values, SQL or the password):
+
+  - unique (23505), foreign-key (23503) and exclusion (23P01) violations, and
+    serialization failures / deadlocks (class 40: retry the transaction) -> ``Conflict``;
+  - connection lost or refused, server shutting down (class 08, 57), out of resources
+    (class 53), statement or lock timeout (57014, 55P03), system errors (class 58),
+    pool timeout or pool closed -> ``ServiceUnavailable``;
+  - anything else (syntax, undefined table, bad value, not-null or check violation,
+    wrong number of parameters...) -> ``InternalServerError``.
+- **Aborted transactions.** After a statement in a transaction fails, PostgreSQL
+  refuses further statements until a rollback. Leaving a ``transaction()`` (or
+  savepoint) block normally in that state rolls it back and raises
+  ``InternalServerError`` instead of committing: psycopg would send ``COMMIT``, which the
+  server silently turns into a ``ROLLBACK``. Catch errors *outside* a savepoint block to
+  carry on.
+- **Close.** ``close(timeout)`` refuses new work, waits up to ``timeout`` for calls and
+  transactions in flight, then cancels what still runs, closes every connection and
+  returns. It is idempotent.
+
+Settings keys (read through :class:`ports.config.ConfigSource`):
+``DATABASE_URL`` (required), ``DB_POOL_MIN_SIZE`` 5, ``DB_POOL_MAX_SIZE`` 25,
+``DB_POOL_MAX_LIFETIME_S`` 300, ``DB_POOL_MAX_IDLE_S`` 60, ``DB_POOL_TIMEOUT_S`` 5,
+``DB_POOL_CHECK`` fast, ``DB_CONNECT_RETRIES`` 5, ``DB_CONNECT_BACKOFF_S`` 0.5,
+``DB_CONNECT_TIMEOUT_S`` 5, ``DB_SLOW_QUERY_MS`` 500, ``DB_STATEMENT_TIMEOUT_MS`` (unset: no
+limit), ``DB_HEALTH_TIMEOUT_S`` 2, ``DB_PREPARE_THRESHOLD`` 5 (negative: never prepare),
+``DB_APPLICATION_NAME`` (default ``SERVICE_NAME``, else ``hexinfra``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import select
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Literal, cast
+
+import attrs
+import psycopg
+from psycopg import AsyncConnection, pq
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row, tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from domain_errors import (
+    ConfigurationError,
+    Conflict,
+    DomainError,
+    ErrorCode,
+    InternalServerError,
+    ServiceUnavailable,
+)
+from ports.clock import Clock, SystemClock
+from ports.config import ConfigSource
+from ports.database import Params, Row, Transaction
+from ports.logger import Logger
+
+__all__ = ["PostgresSettings", "PostgresDatabase", "PoolCheck", "redact_url"]
+
+PoolCheck = Literal["fast", "query", "none"]
+"""How a connection is checked as it leaves the pool (see the module docstring)."""
+
+_POOL_CHECKS: Final = ("fast", "query", "none")
+_SQL_LOG_LIMIT: Final = 2000
+
+_URL_PASSWORD = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
+_KV_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^&\s]+)", re.IGNORECASE
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (URL and ``key=value`` forms)."""
+    return _KV_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***\g<at>", url))
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be > 0")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigurationError(f"{attribute.name} must be >= 0")
+
+
+def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise ConfigurationError("url must not be empty (DATABASE_URL)")
+
+
+def _check_pool_check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in _POOL_CHECKS:
+        raise ConfigurationError(f"pool_check must be one of {', '.join(_POOL_CHECKS)}")
+
+
+@attrs.frozen(kw_only=True)
+class PostgresSettings:
+    """Settings of a :class:`PostgresDatabase`; times in seconds unless named ``_ms``.
+
+    ``url`` is a libpq URL or ``key=value`` string; its ``repr`` hides the password.
+    ``statement_timeout_ms=None`` means no limit; ``prepare_threshold=None`` never
+    prepares statements server-side (needed behind PgBouncer in transaction mode).
+    """
+
+    url: str = attrs.field(repr=lambda url: repr(redact_url(url)), validator=_check_url)
+    pool_min_size: int = attrs.field(default=5, validator=_non_negative)
+    pool_max_size: int = attrs.field(default=25, validator=_positive)
+    max_lifetime: float = attrs.field(default=300.0, validator=_positive)
+    max_idle: float = attrs.field(default=60.0, validator=_positive)
+    pool_timeout: float = attrs.field(default=5.0, validator=_positive)
+    pool_check: PoolCheck = attrs.field(default="fast", validator=_check_pool_check)
+    connect_retries: int = attrs.field(default=5, validator=_positive)
+    connect_backoff: float = attrs.field(default=0.5, validator=_non_negative)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    slow_query_ms: int = attrs.field(default=500, validator=_non_negative)
+    statement_timeout_ms: int | None = None
+    health_timeout: float = attrs.field(default=2.0, validator=_positive)
+    prepare_threshold: int | None = 5
+    application_name: str = "hexinfra"
+
+    def __attrs_post_init__(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise ConfigurationError(
+                "pool_min_size (DB_POOL_MIN_SIZE) must not exceed pool_max_size (DB_POOL_MAX_SIZE)"
+            )
+        if self.statement_timeout_ms is not None and self.statement_timeout_ms <= 0:
+            raise ConfigurationError("statement_timeout_ms must be > 0, or None for no limit")
+
+    @classmethod
+    def from_config(cls, config: ConfigSource) -> PostgresSettings:
+        """Read the settings from ``config`` (keys in the module docstring)."""
+        statement_timeout = config.get_int("DB_STATEMENT_TIMEOUT_MS", 0)
+        prepare_threshold = config.get_int("DB_PREPARE_THRESHOLD", 5)
+        check = config.get_str("DB_POOL_CHECK", "fast").strip().lower()
+        if check not in _POOL_CHECKS:
+            raise ConfigurationError(
+                f"DB_POOL_CHECK must be one of {', '.join(_POOL_CHECKS)}",
+                details={"key": "DB_POOL_CHECK"},
+            )
+        app_name = config.get_str("DB_APPLICATION_NAME", config.get_str("SERVICE_NAME", ""))
+        return cls(
+            url=config.get_str("DATABASE_URL"),
+            pool_min_size=config.get_int("DB_POOL_MIN_SIZE", 5),
+            pool_max_size=config.get_int("DB_POOL_MAX_SIZE", 25),
+            max_lifetime=config.get_float("DB_POOL_MAX_LIFETIME_S", 300.0),
+            max_idle=config.get_float("DB_POOL_MAX_IDLE_S", 60.0),
+            pool_timeout=config.get_float("DB_POOL_TIMEOUT_S", 5.0),
+            pool_check=cast(PoolCheck, check),
+            connect_retries=config.get_int("DB_CONNECT_RETRIES", 5),
+            connect_backoff=config.get_float("DB_CONNECT_BACKOFF_S", 0.5),
+            connect_timeout=config.get_float("DB_CONNECT_TIMEOUT_S", 5.0),
+            slow_query_ms=config.get_int("DB_SLOW_QUERY_MS", 500),
+            statement_timeout_ms=statement_timeout if statement_timeout > 0 else None,
+            health_timeout=config.get_float("DB_HEALTH_TIMEOUT_S", 2.0),
+            prepare_threshold=prepare_threshold if prepare_threshold >= 0 else None,
+            application_name=app_name or "hexinfra",
+        )
+
+
+# --- error mapping -------------------------------------------------------------------
+
+_CONFLICT_STATES: Final = {
+    "23505": ("unique", ErrorCode.DUPLICATE),
+    "23503": ("foreign_key", ErrorCode.CONFLICT),
+    "23P01": ("exclusion", ErrorCode.CONFLICT),
+}
+_UNAVAILABLE_CLASSES: Final = ("08", "53", "57", "58")
+_TIMEOUT_STATES: Final = {"57014": "statement_timeout", "55P03": "lock_timeout"}
+
+
+def _map_error(exc: Exception, where: str) -> DomainError:
+    """The domain error for a driver error (the caller chains ``exc`` as cause)."""
+    if isinstance(exc, PoolTimeout):
+        return ServiceUnavailable(
+            f"no database connection to {where} became free in time",
+            code=ErrorCode.DATABASE_UNAVAILABLE,
+            details={"reason": "pool_timeout"},
+        )
+    if isinstance(exc, PoolClosed):
+        return ServiceUnavailable(
+            f"the connection pool to {where} is closed",
+            code=ErrorCode.DATABASE_UNAVAILABLE,
+            details={"reason": "closed"},
+        )
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
+    name = type(exc).__name__
+    if sqlstate is not None:
+        if sqlstate in _CONFLICT_STATES:
+            kind, code = _CONFLICT_STATES[sqlstate]
+            diag = cast(psycopg.Error, exc).diag
+            constraint = diag.constraint_name or "?"
+            table = diag.table_name or "?"
+            return Conflict(
+                f"{kind.replace('_', ' ')} constraint {constraint} on table {table} violated",
+                code=code,
+                details={"constraint": constraint, "table": table, "sqlstate": sqlstate},
+            )
+        if sqlstate.startswith("40"):
+            return Conflict(
+                f"transaction conflicted with a concurrent one ({name}); retry it",
+                details={"sqlstate": sqlstate, "reason": "transaction_conflict"},
+            )
+        if sqlstate in _TIMEOUT_STATES:
+            reason = _TIMEOUT_STATES[sqlstate]
+            return ServiceUnavailable(
+                f"database {where} did not complete the statement in time ({reason})",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": reason, "sqlstate": sqlstate},
+            )
+        if sqlstate[:2] in _UNAVAILABLE_CLASSES:
+            return ServiceUnavailable(
+                f"database {where} unavailable ({name})",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "server", "sqlstate": sqlstate},
+            )
+        return InternalServerError(
+            f"database error {name} (SQLSTATE {sqlstate})", details={"sqlstate": sqlstate}
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        # Client-side: connection refused, lost, closed, or a failed connection check.
+        return ServiceUnavailable(
+            f"database {where} unavailable: connection lost or refused",
+            code=ErrorCode.DATABASE_UNAVAILABLE,
+            details={"reason": "connection"},
+        )
+    if isinstance(exc, TypeError):
+        # psycopg's parameter-shape errors name types and placeholder styles, no values.
+        return InternalServerError(f"invalid query parameters: {exc}")
+    return InternalServerError(f"database error {name}")
+
+
+# --- connection checks ---------------------------------------------------------------
+
+_DictConn = AsyncConnection[DictRow]
+
+
+def _socket_readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+async def _fast_check(conn: _DictConn) -> None:
+    """Pool ``check`` callback: a round trip only if the idle socket has something to say."""
+    if _socket_readable(conn.pgconn.socket):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+async def _query_check(conn: _DictConn) -> None:
+    """Pool ``check`` callback: psycopg's round trip (an empty query) every time."""
+    await AsyncConnectionPool.check_connection(conn)
+
+
+# --- the adapter ---------------------------------------------------------------------
+
+
+class _PgTransaction:
+    """A :class:`ports.database.Transaction` on one pooled connection."""
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: PostgresDatabase, conn: _DictConn) -> None:
+        self._db = db
+        self._conn: _DictConn | None = conn
+
+    def _live(self) -> _DictConn:
+        if self._conn is None:
+            raise InternalServerError("transaction used after its block ended")
+        return self._conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._db._execute_on(self._live(), sql, params)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        return await self._db._fetch_one_on(self._live(), sql, params)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._db._fetch_all_on(self._live(), sql, params)
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        return await self._db._fetch_value_on(self._live(), sql, params)
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._db._block(self._live())
+
+    def __repr__(self) -> str:
+        state = "open" if self._conn is not None else "finished"
+        return f"<PostgresDatabase transaction {state}>"
+
+
+class PostgresDatabase:
+    """:class:`ports.database.Database` on a psycopg ``AsyncConnectionPool``.
+
+    Safe to share between tasks; a :class:`~ports.database.Transaction` it yields
+    belongs to the task that opened it. See the module docstring for connection
+    checks, slow-query logging, timeouts and the error mapping.
+    """
+
+    def __init__(
+        self, settings: PostgresSettings, logger: Logger, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self._logger = logger
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        try:
+            info = conninfo_to_dict(settings.url)
+        except psycopg.ProgrammingError:
+            raise ConfigurationError(
+                "url (DATABASE_URL) is not a valid PostgreSQL URL or conninfo string",
+                details={"key": "DATABASE_URL"},
+            ) from None
+        self._password = str(info.get("password") or "")
+        self._where = (
+            f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+            f"/{info.get('dbname') or info.get('user') or ''}"
+        )
+        options = str(info.get("options") or "")
+        if settings.statement_timeout_ms is not None:
+            options = f"{options} -c statement_timeout={settings.statement_timeout_ms}".strip()
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "prepare_threshold": settings.prepare_threshold,
+            "application_name": settings.application_name,
+        }
+        if options:
+            self._kwargs["options"] = options
+        self._slow_s = settings.slow_query_ms / 1000.0
+        self._monotonic = self._clock.monotonic
+        self._pool: AsyncConnectionPool[_DictConn] | None = None
+        self._state: Literal["new", "open", "closing", "closed"] = "new"
+        self._in_flight = 0
+        self._in_use: set[_DictConn] = set()
+        self._idle = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def from_config(
+        cls, config: ConfigSource, *, logger: Logger, clock: Clock | None = None
+    ) -> PostgresDatabase:
+        """A database built from ``config`` (see :meth:`PostgresSettings.from_config`)."""
+        return cls(PostgresSettings.from_config(config), logger, clock)
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self._where}, {self._state})"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Probe the server (with retries and backoff), then open and fill the pool.
+
+        Idempotent once connected. Raises ``ServiceUnavailable`` if the server does not
+        accept a connection after ``connect_retries`` attempts.
+        """
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise ServiceUnavailable(
+                f"database {self._where} was closed; build a new PostgresDatabase",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "closed"},
+            )
+        s = self.settings
+        attempts = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(s.connect_retries),
+            wait=wait_exponential(multiplier=s.connect_backoff, max=max(s.connect_backoff, 1) * 16)
+            + wait_random(0, s.connect_backoff / 4),
+            sleep=self._clock.sleep,
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    probe = await AsyncConnection.connect(
+                        s.url, connect_timeout=max(1, round(s.connect_timeout)), **self._kwargs
+                    )
+                    await probe.close()
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                f"PostgreSQL at {self._where} did not accept a connection after "
+                f"{attempts} attempts: {self._reason(exc)}",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "connect", "attempts": attempts},
+            ) from exc
+
+        check = {"fast": _fast_check, "query": _query_check}
+        pool: AsyncConnectionPool[_DictConn] = AsyncConnectionPool(
+            s.url,
+            connection_class=_DictConn,
+            kwargs=self._kwargs,
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            open=False,
+            check=check.get(s.pool_check),
+            name=f"hexinfra-{s.application_name}",
+            timeout=s.pool_timeout,
+            max_lifetime=s.max_lifetime,
+            max_idle=s.max_idle,
+        )
+        try:
+            await pool.open(wait=True, timeout=s.connect_timeout + s.pool_timeout)
+        except PoolTimeout as exc:
+            raise ServiceUnavailable(
+                f"PostgreSQL at {self._where} accepted a probe but the pool could not open "
+                f"{s.pool_min_size} connections in time",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "connect"},
+            ) from exc
+        self._pool = pool
+        self._state = "open"
+        self._logger.info(
+            "database connected",
+            database=self._where,
+            pool_min_size=s.pool_min_size,
+            pool_max_size=s.pool_max_size,
+            attempts=attempts,
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        self._logger.warning(
+            "database not reachable, retrying",
+            database=self._where,
+            attempt=state.attempt_number,
+            of=self.settings.connect_retries,
+            retry_in_s=round(delay, 3),
+            reason=self._reason(exc) if exc is not None else "",
+        )
+
+    def _reason(self, exc: BaseException) -> str:
+        """The first line of a driver error, with the password removed if present."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return redact_url(text)[:300]
+
+    async def health_check(self) -> None:
+        """``SELECT 1`` within ``health_timeout``; ``ServiceUnavailable`` otherwise."""
+        timeout = self.settings.health_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self.fetch_value("SELECT 1")
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"database {self._where} did not answer SELECT 1 within {timeout:g} s",
+                code=ErrorCode.DATABASE_UNAVAILABLE,
+                details={"reason": "health_timeout"},
+            ) from exc
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Refuse new work, let in-flight work finish for ``timeout`` s, then close."""
+        if self._state == "new":
+            self._state = "closed"
+            self._closed.set()
+            return
+        if self._state != "open":
+            await self._closed.wait()
+            return
+        self._state = "closing"
+        pool = self._pool
+        assert pool is not None
+        try:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                await self._interrupt_in_flight()
+            await pool.close(timeout=max(0.1, min(timeout, 5.0)))
+        finally:
+            self._state = "closed"
+            self._closed.set()
+            self._logger.info("database closed", database=self._where)
+
+    async def _interrupt_in_flight(self) -> None:
+        self._logger.warning(
+            "database closing with work still in flight after the timeout",
+            database=self._where,
+            in_flight=self._in_flight,
+        )
+        for conn in list(self._in_use):
+            with contextlib.suppress(Exception):
+                if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                    # A task is waiting on this socket: cancel its query rather than
+                    # closing the socket under it; it returns the connection itself.
+                    await conn.cancel_safe(timeout=2.0)
+                else:
+                    await conn.close()
+
+    # --- pool access -----------------------------------------------------------------
+
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's figures (``pool_size``, ``pool_available``, ``requests_*``...)
+        plus ``in_flight`` (calls and transactions holding or awaiting a connection)."""
+        stats = self._pool.get_stats() if self._pool is not None else {}
+        stats["in_flight"] = self._in_flight
+        return stats
+
+    def _unavailable(self) -> ServiceUnavailable:
+        state = "not connected (call connect() first)" if self._state == "new" else "closed"
+        return ServiceUnavailable(
+            f"database {self._where} is {state}",
+            code=ErrorCode.DATABASE_UNAVAILABLE,
+            details={"reason": "closed" if self._state != "new" else "not_connected"},
+        )
+
+    async def _getconn(self) -> _DictConn:
+        pool = self._pool
+        if self._state != "open" or pool is None:
+            raise self._unavailable()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            conn = await pool.getconn()
+        except psycopg.Error as exc:
+            self._done()
+            raise _map_error(exc, self._where) from exc
+        except BaseException:
+            self._done()
+            raise
+        self._in_use.add(conn)
+        return conn
+
+    async def _putconn(self, conn: _DictConn) -> None:
+        self._in_use.discard(conn)
+        try:
+            await cast(AsyncConnectionPool[_DictConn], self._pool).putconn(conn)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def _slow(self, sql: str, started: float) -> None:
+        elapsed = self._monotonic() - started
+        if elapsed >= self._slow_s:
+            self._logger.warning(
+                "slow query",
+                sql=sql[:_SQL_LOG_LIMIT],
+                duration_ms=round(elapsed * 1000.0, 1),
+                threshold_ms=self.settings.slow_query_ms,
+                database=self._where,
+            )
+
+    # --- statements on a given connection --------------------------------------------
+
+    async def _execute_on(self, conn: _DictConn, sql: str, params: Params) -> int:
+        started = self._monotonic()
+        try:
+            cur = await conn.execute(sql, params)
+        except (psycopg.Error, TypeError) as exc:
+            raise _map_error(exc, self._where) from exc
+        finally:
+            self._slow(sql, started)
+        return cur.rowcount
+
+    async def _fetch_one_on(self, conn: _DictConn, sql: str, params: Params) -> Row | None:
+        started = self._monotonic()
+        try:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchone()
+        except (psycopg.Error, TypeError) as exc:
+            raise _map_error(exc, self._where) from exc
+        finally:
+            self._slow(sql, started)
+
+    async def _fetch_all_on(self, conn: _DictConn, sql: str, params: Params) -> list[Row]:
+        started = self._monotonic()
+        try:
+            cur = await conn.execute(sql, params)
+            return list(await cur.fetchall())
+        except (psycopg.Error, TypeError) as exc:
+            raise _map_error(exc, self._where) from exc
+        finally:
+            self._slow(sql, started)
+
+    async def _fetch_value_on(self, conn: _DictConn, sql: str, params: Params) -> Any:
+        started = self._monotonic()
+        try:
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(sql, params)
+            row = await cur.fetchone()
+        except (psycopg.Error, TypeError) as exc:
+            raise _map_error(exc, self._where) from exc
+        finally:
+            self._slow(sql, started)
+        return row[0] if row else None
+
+    # --- Queryable on the pool (autocommit) ------------------------------------------
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        conn = await self._getconn()
+        try:
+            return await self._execute_on(conn, sql, params)
+        finally:
+            await self._putconn(conn)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        conn = await self._getconn()
+        try:
+            return await self._fetch_one_on(conn, sql, params)
+        finally:
+            await self._putconn(conn)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        conn = await self._getconn()
+        try:
+            return await self._fetch_all_on(conn, sql, params)
+        finally:
+            await self._putconn(conn)
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        conn = await self._getconn()
+        try:
+            return await self._fetch_value_on(conn, sql, params)
+        finally:
+            await self._putconn(conn)
+
+    # --- transactions ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``BEGIN`` on a pooled connection; ``COMMIT`` on normal exit, else ``ROLLBACK``."""
+        conn = await self._getconn()
+        try:
+            async with self._block(conn) as tx:
+                yield tx
+        finally:
+            await self._putconn(conn)
+
+    @asynccontextmanager
+    async def _block(self, conn: _DictConn) -> AsyncIterator[Transaction]:
+        """A transaction block on ``conn``: ``BEGIN`` at top level, else a savepoint."""
+        try:
+            block = conn.transaction()
+            await block.__aenter__()
+        except psycopg.Error as exc:
+            raise _map_error(exc, self._where) from exc
+        tx = _PgTransaction(self, conn)
+        try:
+            yield tx
+        except BaseException as exc:
+            tx._conn = None
+            await block.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        tx._conn = None
+        if conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            aborted = InternalServerError(
+                "transaction rolled back: a statement in it failed and the block "
+                "still exited normally (catch errors outside a savepoint block)",
+                details={"reason": "aborted_transaction"},
+            )
+            await block.__aexit__(InternalServerError, aborted, None)
+            raise aborted
+        try:
+            await block.__aexit__(None, None, None)
+        except psycopg.Error as exc:
+            raise _map_error(exc, self._where) from exc
