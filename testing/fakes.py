@@ -7,5 +7,6 @@ implementation of a port, real adapters included.
 """
 
 from ._clock import FakeClock
+from ._recording_logger import LogRecord, RecordingLogger
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "RecordingLogger", "LogRecord"]

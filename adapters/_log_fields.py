@@ -1,0 +1,149 @@
+"""Log record rules shared by every Logger implementation (stdlib only).
+
+StructlogLogger and testing's RecordingLogger both build their records with these
+functions, so that the logger contract (reserved fields, redaction, error capture,
+levels) holds the same way for the real adapter and the fake.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from collections.abc import Mapping
+from typing import Any, Final
+
+from domain_errors import ConfigurationError
+from ports.logger import LEVELS, REDACTED, RESERVED_FIELDS, SECRET_KEY_PARTS
+
+__all__ = [
+    "LEVEL_NUMBERS",
+    "level_number",
+    "key_kind",
+    "PLAIN",
+    "RESERVED",
+    "SECRET",
+    "redact_text",
+    "clean_value",
+    "merge_fields",
+    "clean_fields",
+    "error_fields",
+    "current_exception",
+]
+
+LEVEL_NUMBERS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "fatal": 50}
+_LEVEL_ALIASES: Final = {"warn": "warning", "critical": "fatal"}
+
+PLAIN: Final = 0
+RESERVED: Final = 1
+SECRET: Final = 2
+
+# scheme://user:password@host -> scheme://user:[REDACTED]@host. The password runs to
+# the last "@" before whitespace, so a password holding "@" or "/" is still hidden.
+_URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s]*@")
+_URL_REPLACEMENT: Final = rf"\1:{REDACTED}@"
+
+_kinds: dict[str, int] = {}
+_KINDS_MAX: Final = 4096
+
+
+def level_number(name: str, *, setting: str = "LOG_LEVEL") -> int:
+    """The number of a level name (``debug`` 10 ... ``fatal`` 50), any case.
+
+    ``warn`` and ``critical`` are accepted as aliases. An unknown name is a
+    ``ConfigurationError`` naming ``setting`` and the accepted names.
+    """
+    word = name.strip().lower()
+    word = _LEVEL_ALIASES.get(word, word)
+    number = LEVEL_NUMBERS.get(word)
+    if number is None:
+        raise ConfigurationError(
+            f"setting {setting} must be one of {', '.join(LEVELS[:4])}",
+            details={"key": setting, "expected": list(LEVELS[:4])},
+        )
+    return number
+
+
+def key_kind(key: str) -> int:
+    """Whether a field name is PLAIN, RESERVED (renamed ``tag_<key>``) or SECRET (redacted).
+
+    Results are cached: field names in a service are few and repeat on every line.
+    """
+    kind = _kinds.get(key)
+    if kind is not None:
+        return kind
+    lowered = key.lower()
+    if any(part in lowered for part in SECRET_KEY_PARTS):
+        kind = SECRET
+    elif key in RESERVED_FIELDS:
+        kind = RESERVED
+    else:
+        kind = PLAIN
+    if len(_kinds) < _KINDS_MAX:
+        _kinds[key] = kind
+    return kind
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``[REDACTED]``."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(_URL_REPLACEMENT, text)
+
+
+def clean_value(value: Any) -> Any:
+    """``value`` with URL passwords and secret-looking keys (at any depth) redacted."""
+    cls = type(value)
+    if cls is str:
+        return redact_text(value) if "://" in value else value
+    if cls is dict or isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if key_kind(str(k)) == SECRET else clean_value(v))
+            for k, v in value.items()
+        }
+    if cls is list or cls is tuple:
+        return [clean_value(v) for v in value]
+    return value
+
+
+def merge_fields(target: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Add ``fields`` to ``target``: reserved names as ``tag_<name>``, secrets redacted."""
+    kinds = _kinds
+    for key, value in fields.items():
+        kind = kinds.get(key)
+        if kind is None:
+            kind = key_kind(key)
+        if kind == PLAIN:
+            cls = type(value)
+            if cls is str:
+                target[key] = redact_text(value) if "://" in value else value
+            elif cls is int or cls is float or cls is bool or value is None:
+                target[key] = value
+            else:
+                target[key] = clean_value(value)
+        elif kind == SECRET:
+            target[key] = REDACTED
+        else:
+            target[f"tag_{key}"] = clean_value(value)
+
+
+def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict of ``fields`` after :func:`merge_fields`."""
+    result: dict[str, Any] = {}
+    merge_fields(result, fields)
+    return result
+
+
+def current_exception() -> BaseException | None:
+    """The exception being handled by the caller (inside ``except``), if any."""
+    return sys.exc_info()[1]
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """``{type, message, stack}`` for ``exc``, URL passwords redacted."""
+    stack = "".join(traceback.format_exception(exc))
+    return {
+        "type": type(exc).__qualname__,
+        "message": redact_text(str(exc)),
+        "stack": redact_text(stack),
+    }
