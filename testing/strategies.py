@@ -1,0 +1,29 @@
+"""Hypothesis strategies for services' own tests: config maps, events, errors, rows.
+
+Import from here (``from testing.strategies import config_maps``); each area keeps
+its strategies in a private module re-exported below.
+"""
+
+from ._strategies_config import (
+    bool_texts,
+    config_maps,
+    config_texts,
+    float_texts,
+    int_texts,
+    key_spellings,
+    non_int_texts,
+    secret_texts,
+    setting_names,
+)
+
+__all__ = [
+    "bool_texts",
+    "config_maps",
+    "config_texts",
+    "float_texts",
+    "int_texts",
+    "key_spellings",
+    "non_int_texts",
+    "secret_texts",
+    "setting_names",
+]
