@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -58,7 +59,9 @@ class RequestContextMiddleware:
     most 128 characters (letters, digits, ``._:-``); otherwise makes a new one. The
     id is in :func:`ports.context.request_id` for everything the request runs,
     including tasks it starts, and is echoed in the response's ``X-Request-ID``.
-    Non-HTTP scopes (lifespan) pass through untouched.
+    With a ``logger``, each HTTP request is logged once it is answered
+    (``request completed``: method, path, status, duration_ms). Non-HTTP scopes
+    (lifespan) pass through untouched.
     """
 
     def __init__(
@@ -67,10 +70,12 @@ class RequestContextMiddleware:
         *,
         header: str = REQUEST_ID_HEADER,
         make_id: Callable[[], str] = _new_request_id,
+        logger: Logger | None = None,
     ) -> None:
         self.app = app
         self._header = header.lower().encode("latin-1")
         self._make_id = make_id
+        self._logger = logger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -79,9 +84,12 @@ class RequestContextMiddleware:
         offered = _header(scope, self._header)
         rid = offered if offered and _VALID_REQUEST_ID.match(offered) else self._make_id()
         encoded = rid.encode("latin-1")
+        status = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 headers = [
                     (k, v) for k, v in message.get("headers", ()) if k.lower() != self._header
                 ]
@@ -89,8 +97,19 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        began = time.perf_counter()
         with bind_context(request_id=rid):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if self._logger is not None and scope["type"] == "http":
+                    self._logger.info(
+                        "request completed",
+                        method=scope.get("method", ""),
+                        path=scope.get("path", ""),
+                        status=status or 500,
+                        duration_ms=round((time.perf_counter() - began) * 1000, 3),
+                    )
 
 
 def _wants_problem_json(scope: Scope) -> bool:

