@@ -58,6 +58,7 @@ __all__ = [
     "decode_message",
     "encode_data",
     "header_value",
+    "header_text",
     "request_id_from_headers",
     "event_to_json",
     "event_from_json",
@@ -119,8 +120,12 @@ def header_value(value: str) -> str:
     return quote(value, safe=_SAFE, errors="surrogatepass")
 
 
-def _unquote(value: str) -> str:
+def header_text(value: str) -> str:
+    """Inverse of :func:`header_value`: a header value percent-decoded."""
     return unquote(value, errors="surrogatepass") if "%" in value else value
+
+
+_unquote = header_text
 
 
 def encode_data(data: Mapping[str, Any]) -> bytes:
