@@ -7,6 +7,17 @@ implementation of a port, real adapters included.
 """
 
 from ._clock import FakeClock
+from ._flaky_db import DatabaseCall, FlakyDatabase
+from ._flaky_events import FlakyPublisher, FlakySubscriber, PublishCall
 from ._recording_logger import LogRecord, RecordingLogger
 
-__all__ = ["FakeClock", "RecordingLogger", "LogRecord"]
+__all__ = [
+    "FakeClock",
+    "RecordingLogger",
+    "LogRecord",
+    "FlakyDatabase",
+    "DatabaseCall",
+    "FlakyPublisher",
+    "FlakySubscriber",
+    "PublishCall",
+]

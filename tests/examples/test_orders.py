@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.memory import InMemoryEventBus, SqliteDatabase
-from domain_errors import BadRequest, Conflict, NotFound
+from domain_errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from examples.orders.domain import OrderService, TotalsProjection, migrate
 from examples.orders.http import create_app
 from ports.context import bind_context
 from ports.events import Event
-from testing.fakes import FakeClock, RecordingLogger
+from testing.fakes import FakeClock, FlakyPublisher, FlakySubscriber, RecordingLogger
 
 
 class World:
@@ -201,3 +201,44 @@ async def test_totals_equal_first_placement_of_each_id(
             assert (totals.orders, totals.amount_cents) == expected.get(org, (0, 0))
     finally:
         await world.stop()
+
+
+class TestFaults:
+    async def test_broker_down_rolls_the_order_back(self, world: World) -> None:
+        """If the broker does not ack, the order is not stored and the caller gets a 503
+        to retry; the retry then succeeds and publishes once."""
+        flaky = FlakyPublisher(world.bus)
+        flaky.fail_next(1)
+        service = OrderService(world.db, flaky, world.log, world.clock)
+        with pytest.raises(ServiceUnavailable):
+            await service.place_order(
+                order_id="o-1", organization_id="org-1", customer="Ada", amount_cents=5
+            )
+        with pytest.raises(NotFound):
+            await service.get_order("o-1")
+        await service.place_order(
+            order_id="o-1", organization_id="org-1", customer="Ada", amount_cents=5
+        )
+        assert [c.injected is None for c in flaky.calls] == [False, True]
+        assert [e.id for e in world.bus.published] == ["order.placed:o-1"]
+
+    async def test_failing_handler_is_retried_until_it_succeeds(self) -> None:
+        """A projection that fails twice is redelivered after its backoff and counts once."""
+        w = World()
+        await w.db.connect()
+        await migrate(w.db)
+        flaky = FlakySubscriber(w.bus)
+        flaky.fail_next(2)
+        await flaky.subscribe(
+            "order.placed", TotalsProjection(w.db, w.log), durable="t", backoff=(1.0,)
+        )
+        try:
+            await w.place("o-1")
+            for _ in range(3):
+                await w.bus.run_until_idle()
+                w.clock.advance(1.0)
+            await w.bus.run_until_idle()
+            assert flaky.deliveries == {"order.placed:o-1": 3}
+            assert (await w.service.totals("org-1")).orders == 1
+        finally:
+            await w.stop()
