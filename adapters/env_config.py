@@ -29,6 +29,7 @@ Typed reads, errors and :func:`load_settings` are as in :mod:`ports.config`; see
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,8 @@ __all__ = ["EnvConfig", "load_settings", "Secret", "CONFIG_KEY", "APP_ENV"]
 APP_ENV: Final = "APP_ENV"
 
 ConfigValue = str | int | float | bool
+
+_ENVIRONMENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -152,21 +155,24 @@ class EnvConfig(LayeredConfig):
 
     def _load(self) -> Layers:
         values: dict[str, str] = {}
+        base = {} if self._env_file is None else _read_dotenv(self._env_file)
+        if self._environment is None:
+            self._environment = (
+                self._overrides.get(APP_ENV)
+                or self._environ.get(APP_ENV)
+                or base.get(APP_ENV)
+                or None
+            )
         if self._env_file is not None:
-            base = _read_dotenv(self._env_file)
-            if self._environment is None:
-                self._environment = (
-                    self._overrides.get(APP_ENV)
-                    or self._environ.get(APP_ENV)
-                    or base.get(APP_ENV)
-                    or None
-                )
             values.update(base)
             if self._environment:
+                if not _ENVIRONMENT_NAME.fullmatch(self._environment):
+                    raise ConfigurationError(
+                        f"setting {APP_ENV} must be a plain name such as dev, test or prod",
+                        details={"key": APP_ENV, "expected": "name"},
+                    )
                 name = f"{self._env_file.name}.{self._environment}"
                 values.update(_read_dotenv(self._env_file.with_name(name)))
-        elif self._environment is None:
-            self._environment = self._overrides.get(APP_ENV) or self._environ.get(APP_ENV) or None
         values.update(self._environ)
         return Layers(overrides=self._overrides, values=values, defaults=self._defaults)
 
