@@ -15,6 +15,15 @@ from ._strategies_config import (
     secret_texts,
     setting_names,
 )
+from ._strategies_db import (
+    sql_bigints,
+    sql_floats,
+    sql_identifiers,
+    sql_integers,
+    sql_rows,
+    sql_scalars,
+    sql_text,
+)
 
 __all__ = [
     "bool_texts",
@@ -26,4 +35,11 @@ __all__ = [
     "non_int_texts",
     "secret_texts",
     "setting_names",
+    "sql_bigints",
+    "sql_floats",
+    "sql_identifiers",
+    "sql_integers",
+    "sql_rows",
+    "sql_scalars",
+    "sql_text",
 ]
