@@ -25,6 +25,8 @@ __all__ = [
     "SECRET",
     "redact_text",
     "clean_value",
+    "MAX_DEPTH",
+    "TRUNCATED",
     "merge_fields",
     "clean_fields",
     "error_fields",
@@ -33,6 +35,9 @@ __all__ = [
 
 LEVEL_NUMBERS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "fatal": 50}
 _LEVEL_ALIASES: Final = {"warn": "warning", "critical": "fatal"}
+
+MAX_DEPTH: Final = 16
+TRUNCATED: Final = "[...]"
 
 PLAIN: Final = 0
 RESERVED: Final = 1
@@ -91,18 +96,24 @@ def redact_text(text: str) -> str:
     return _URL_PASSWORD.sub(_URL_REPLACEMENT, text)
 
 
-def clean_value(value: Any) -> Any:
-    """``value`` with URL passwords and secret-looking keys (at any depth) redacted."""
+def clean_value(value: Any, _depth: int = 0) -> Any:
+    """``value`` with URL passwords and secret-looking keys (at any depth) redacted.
+
+    Mappings become dicts with str keys, tuples become lists; nesting deeper than
+    :data:`MAX_DEPTH` (a cycle, say) is cut and written as ``"[...]"``.
+    """
     cls = type(value)
     if cls is str:
         return redact_text(value) if "://" in value else value
+    if _depth >= MAX_DEPTH and (isinstance(value, Mapping) or cls is list or cls is tuple):
+        return TRUNCATED
     if cls is dict or isinstance(value, Mapping):
         return {
-            str(k): (REDACTED if key_kind(str(k)) == SECRET else clean_value(v))
+            str(k): (REDACTED if key_kind(str(k)) == SECRET else clean_value(v, _depth + 1))
             for k, v in value.items()
         }
     if cls is list or cls is tuple:
-        return [clean_value(v) for v in value]
+        return [clean_value(v, _depth + 1) for v in value]
     return value
 
 

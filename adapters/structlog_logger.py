@@ -75,7 +75,7 @@ def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:
     """Final processor: the event as one JSON line (bytes, newline included)."""
     try:
         return orjson.dumps(event, default=_json_default, option=_OPTIONS)
-    except (TypeError, orjson.JSONEncodeError):
+    except Exception:  # JSONEncodeError, or whatever a default hook raised
         return _render_json_slow(event)
 
 
@@ -86,7 +86,7 @@ def _render_json_slow(event: MutableMapping[str, Any]) -> bytes:
         event["timestamp"] = stamp.isoformat().replace("+00:00", "Z")
     try:
         text = json.dumps(event, default=_json_default, separators=(",", ":"))
-    except (TypeError, ValueError):
+    except Exception:  # a value whose __str__ raises, a processor's odd output...
         safe = {k: event.get(k) for k in ("timestamp", "level", "message", "service")}
         safe["log_error"] = "fields could not be serialised"
         text = json.dumps(safe, default=str, separators=(",", ":"))
