@@ -24,8 +24,26 @@ from ._strategies_db import (
     sql_scalars,
     sql_text,
 )
+from ._strategies_events import (
+    event_data,
+    event_texts,
+    event_timestamps,
+    events,
+    json_values,
+    subject_filters,
+    subjects,
+    wire_headers,
+)
 
 __all__ = [
+    "event_data",
+    "event_texts",
+    "event_timestamps",
+    "events",
+    "json_values",
+    "subject_filters",
+    "subjects",
+    "wire_headers",
     "bool_texts",
     "config_maps",
     "config_texts",
