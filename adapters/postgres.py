@@ -60,7 +60,8 @@ import asyncio
 import contextlib
 import re
 import select
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Literal, cast
 
@@ -98,6 +99,11 @@ PoolCheck = Literal["fast", "query", "none"]
 """How a connection is checked as it leaves the pool (see the module docstring)."""
 
 _POOL_CHECKS: Final = ("fast", "query", "none")
+_RECONNECT_TIMEOUT: Final = 2.0
+"""How long one of psycopg_pool's background reconnection attempts keeps retrying (it
+backs off 1 s, 2 s, 4 s... up to this) before giving up; the next caller that has to
+wait starts a fresh attempt. psycopg's default (300 s) lets the backoff grow so long
+that callers time out well after the server is back."""
 _SQL_LOG_LIMIT: Final = 2000
 
 _URL_PASSWORD = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
@@ -240,6 +246,9 @@ def _map_error(exc: Exception, where: str) -> DomainError:
             )
         if sqlstate in _TIMEOUT_STATES:
             reason = _TIMEOUT_STATES[sqlstate]
+            primary = cast(psycopg.Error, exc).diag.message_primary or ""
+            if sqlstate == "57014" and "timeout" not in primary:
+                reason = "canceled"
             return ServiceUnavailable(
                 f"database {where} did not complete the statement in time ({reason})",
                 code=ErrorCode.DATABASE_UNAVAILABLE,
@@ -270,6 +279,7 @@ def _map_error(exc: Exception, where: str) -> DomainError:
 # --- connection checks ---------------------------------------------------------------
 
 _DictConn = AsyncConnection[DictRow]
+_Check = Callable[[_DictConn], Awaitable[None]]
 
 
 def _socket_readable(fd: int) -> bool:
@@ -279,13 +289,13 @@ def _socket_readable(fd: int) -> bool:
 
 
 async def _fast_check(conn: _DictConn) -> None:
-    """Pool ``check`` callback: a round trip only if the idle socket has something to say."""
+    """A round trip only if the idle socket has something to say (raises if dead)."""
     if _socket_readable(conn.pgconn.socket):
         await AsyncConnectionPool.check_connection(conn)
 
 
 async def _query_check(conn: _DictConn) -> None:
-    """Pool ``check`` callback: psycopg's round trip (an empty query) every time."""
+    """psycopg's check: a round trip (an empty query) every time (raises if dead)."""
     await AsyncConnectionPool.check_connection(conn)
 
 
@@ -369,6 +379,10 @@ class PostgresDatabase:
         self._state: Literal["new", "open", "closing", "closed"] = "new"
         self._in_flight = 0
         self._in_use: set[_DictConn] = set()
+        self._check: _Check | None = {"fast": _fast_check, "query": _query_check}.get(
+            settings.pool_check
+        )
+        self._checks_failed = 0
         self._idle = asyncio.Event()
         self._closed = asyncio.Event()
         self._idle.set()
@@ -426,7 +440,6 @@ class PostgresDatabase:
                 details={"reason": "connect", "attempts": attempts},
             ) from exc
 
-        check = {"fast": _fast_check, "query": _query_check}
         pool: AsyncConnectionPool[_DictConn] = AsyncConnectionPool(
             s.url,
             connection_class=_DictConn,
@@ -434,11 +447,11 @@ class PostgresDatabase:
             min_size=s.pool_min_size,
             max_size=s.pool_max_size,
             open=False,
-            check=check.get(s.pool_check),
             name=f"hexinfra-{s.application_name}",
             timeout=s.pool_timeout,
             max_lifetime=s.max_lifetime,
             max_idle=s.max_idle,
+            reconnect_timeout=_RECONNECT_TIMEOUT,
         )
         try:
             await pool.open(wait=True, timeout=s.connect_timeout + s.pool_timeout)
@@ -533,9 +546,11 @@ class PostgresDatabase:
 
     def pool_stats(self) -> dict[str, int]:
         """psycopg_pool's figures (``pool_size``, ``pool_available``, ``requests_*``...)
-        plus ``in_flight`` (calls and transactions holding or awaiting a connection)."""
+        plus ``in_flight`` (calls and transactions holding or awaiting a connection)
+        and ``checks_failed`` (dead connections caught by the check, never handed out)."""
         stats = self._pool.get_stats() if self._pool is not None else {}
         stats["in_flight"] = self._in_flight
+        stats["checks_failed"] = self._checks_failed
         return stats
 
     def _unavailable(self) -> ServiceUnavailable:
@@ -554,6 +569,8 @@ class PostgresDatabase:
         self._idle.clear()
         try:
             conn = await pool.getconn()
+            if self._check is not None:
+                conn = await self._checked(pool, conn, self._check)
         except psycopg.Error as exc:
             self._done()
             raise _map_error(exc, self._where) from exc
@@ -562,6 +579,35 @@ class PostgresDatabase:
             raise
         self._in_use.add(conn)
         return conn
+
+    async def _checked(
+        self, pool: AsyncConnectionPool[_DictConn], conn: _DictConn, check: _Check
+    ) -> _DictConn:
+        """``conn`` if it passes ``check``; else discard it and take the next one.
+
+        psycopg_pool's own ``check`` callback sleeps with backoff (1 s, 2 s...) after
+        each failed check, so after a restart a caller would crawl through the dead
+        idle connections one per second; here each dead one costs a few
+        microseconds, all within the pool timeout.
+        """
+        deadline: float | None = None
+        while True:
+            try:
+                await check(conn)
+            except Exception:
+                self._checks_failed += 1
+                with contextlib.suppress(Exception):
+                    await conn.close()  # closed: the pool discards and replaces it
+                await pool.putconn(conn)
+            except BaseException:
+                await pool.putconn(conn)
+                raise
+            else:
+                return conn
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + pool.timeout
+            conn = await pool.getconn(timeout=max(deadline - now, 0.001))
 
     async def _putconn(self, conn: _DictConn) -> None:
         self._in_use.discard(conn)
