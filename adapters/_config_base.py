@@ -24,7 +24,6 @@ from typing import Final, TypeVar
 
 from domain_errors import ConfigurationError
 from ports.config import FALSE_WORDS, MISSING, TRUE_WORDS, Missing, normalize_key
-from ports.logger import SECRET_KEY_PARTS
 
 __all__ = [
     "Layers",
@@ -35,7 +34,6 @@ __all__ = [
     "parse_int",
     "parse_float",
     "parse_bool",
-    "looks_secret",
     "EXPECTED",
 ]
 
@@ -80,12 +78,6 @@ def parse_bool(text: str) -> bool | None:
     if word in FALSE_WORDS:
         return False
     return None
-
-
-def looks_secret(name: str) -> bool:
-    """Whether a setting or field name looks like it holds a secret."""
-    lowered = name.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
 
 
 def normalize_prefix(prefix: str | None) -> str:

@@ -105,8 +105,9 @@ class _ConsoleRenderer:
         stamp = event.get("timestamp")
         if isinstance(stamp, datetime):
             event["timestamp"] = stamp.isoformat().replace("+00:00", "Z")
-        error = event.pop("error", None)
+        error = event.get("error")
         if isinstance(error, Mapping):
+            del event["error"]
             event["exception"] = error.get("stack", "")
         text = self._renderer(logger, name, event)
         return (str(text) + "\n").encode("utf-8", "backslashreplace")

@@ -46,6 +46,13 @@ class TestAssertLogged:
             OrderService(log).place("o2")
         log.assert_logged(re.compile(r"placed$"), request_id="req-7", component="orders")
 
+    def test_message_must_match_exactly_or_by_pattern(self, log: RecordingLogger) -> None:
+        """A plain string is compared whole; a pattern that does not match finds nothing."""
+        log.info("order placed")
+        assert log.find("order") == []
+        assert log.find(re.compile("^cancel")) == []
+        assert len(log.find(re.compile("^order"))) == 1
+
     def test_matches_the_exception_class(self, log: RecordingLogger) -> None:
         """error=SomeError matches records whose exception is an instance of it."""
         OrderService(log).cancel("o3")
@@ -150,3 +157,13 @@ class TestInspection:
             log.fatal("bye")
         assert info.value.code == 1
         log.assert_logged("bye", level="fatal")
+
+
+class TestFieldKindCache:
+    def test_many_distinct_tag_names_still_work(self, log: RecordingLogger) -> None:
+        """Past the size of the field-name cache, names are still classified correctly."""
+        for i in range(5000):
+            log.info("m", **{f"field_{i}": i})
+        log.info("m", late_password_999="pw", level="x")
+        record = log.records[-1]
+        assert record.tags == {"late_password_999": "[REDACTED]", "tag_level": "x"}

@@ -81,6 +81,12 @@ class TestLoadSettings:
         assert load_settings(Limits, InMemoryConfig({})).cap is None
         assert load_settings(Limits, InMemoryConfig({"CAP": "3"})).cap == 3
 
+    def test_a_malformed_optional_field_names_the_inner_type(self) -> None:
+        """An X | None field with a bad value says what X expects."""
+        config = InMemoryConfig({"DATABASE_URL": "x", "DB_STATEMENT_TIMEOUT_MS": "soon"})
+        with pytest.raises(ConfigurationError, match="DB_STATEMENT_TIMEOUT_MS must be a base-10"):
+            load_settings(DbSettings, config, prefix="db")
+
     def test_empty_list_setting(self) -> None:
         """An empty comma-separated value is an empty list."""
         settings = load_settings(

@@ -201,6 +201,40 @@ class TestSettings:
         assert lines_of(stream)[0]["region"] == "eu"
 
 
+class TestConsoleFormat:
+    def test_console_lines_in_process(self) -> None:
+        """Console format: timestamp Z, level, message, tags, redaction, traceback."""
+        stream = io.StringIO()
+        log = configure_logging(InMemoryConfig({"LOG_FORMAT": "Console"}), stream=stream)
+        with bind_context(request_id="r-1"):
+            log.info("ready", port=8080, password="pw-9")
+        log.error("failed", exc=ValueError("bad input"))
+        first, *rest = stream.getvalue().splitlines()
+        assert first.split(" ", 1)[0].endswith("Z")
+        assert "[info" in first
+        assert "ready" in first
+        assert "request_id=r-1" in first
+        assert "password=[REDACTED]" in first
+        assert "pw-9" not in stream.getvalue()
+        assert any("ValueError: bad input" in line for line in rest)
+
+    def test_console_renderer_tolerates_processors_that_reshape_the_event(self) -> None:
+        """A processor that replaces the timestamp or error does not break console output."""
+
+        def reshape(_: Any, __: str, event: Any) -> Any:
+            event["timestamp"] = "earlier"
+            event["error"] = "just text"
+            return event
+
+        stream = io.StringIO()
+        log = configure_logging(
+            InMemoryConfig({"LOG_FORMAT": "console"}), stream=stream, processors=[reshape]
+        )
+        log.info("x")
+        assert stream.getvalue().startswith("earlier")
+        assert "error='just text'" in stream.getvalue()
+
+
 class TestFiltering:
     def test_a_filtered_call_does_no_work(self) -> None:
         """Below the level, tags are never looked at and the stream is never touched."""
@@ -243,6 +277,47 @@ class TestValues:
         assert lines[4]["value"] == 2**80
         assert lines[4]["timestamp"].endswith("Z")
         assert lines[5]["value"] == "bad \udcff"
+
+    def test_slow_path_keeps_a_processor_timestamp(self) -> None:
+        """When json takes over (huge int) a timestamp already made text is kept as is."""
+
+        def stamp_as_text(_: Any, __: str, event: Any) -> Any:
+            event["timestamp"] = "2030-01-01T00:00:00Z"
+            return event
+
+        stream = io.BytesIO()
+        log = configure_logging(InMemoryConfig({}), stream=stream, processors=[stamp_as_text])
+        log.info("huge", value=2**80)
+        assert lines_of(stream)[0]["timestamp"] == "2030-01-01T00:00:00Z"
+
+    def test_a_stream_that_only_says_its_mode_is_binary(self) -> None:
+        """An object with write/flush and mode "wb" (not an io class) is given bytes."""
+
+        class Sink:
+            mode = "wb"
+
+            def __init__(self) -> None:
+                self.data: list[Any] = []
+
+            def write(self, data: Any) -> int:
+                self.data.append(data)
+                return len(data)
+
+            def flush(self) -> None:
+                return None
+
+        sink = Sink()
+        StructlogLogger(service="s", stream=sink).info("x")  # type: ignore[arg-type]
+        assert isinstance(sink.data[0], bytes)
+
+    def test_fatal_level_filters_errors(self) -> None:
+        """At level fatal (alias critical) even error is filtered; fatal still writes."""
+        stream = io.BytesIO()
+        log = StructlogLogger(service="s", level="critical", stream=stream)
+        log.error("filtered")
+        with pytest.raises(SystemExit):
+            log.fatal("kept")
+        assert [line["message"] for line in lines_of(stream)] == ["kept"]
 
     def test_a_cycle_is_cut_not_fatal(self) -> None:
         """A self-containing tag is written down to a fixed depth, then "[...]"."""
