@@ -1,0 +1,207 @@
+"""PostgresDatabase pieces that need no server: settings, redaction, error mapping."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from adapters.memory import InMemoryConfig
+from adapters.postgres import PostgresDatabase, PostgresSettings, _map_error, redact_url
+from domain_errors import (
+    ConfigurationError,
+    Conflict,
+    DomainError,
+    InternalServerError,
+    ServiceUnavailable,
+)
+from ports.database import Database
+from testing.fakes import RecordingLogger
+
+URL = "postgresql://app:pw@db.internal:5433/orders"
+
+
+class TestSettings:
+    """PostgresSettings: defaults, validation, repr."""
+
+    def test_defaults_follow_the_design(self):
+        """Pool 5..25, lifetime 300 s, 5 connect retries, slow query 500 ms, no timeout."""
+        s = PostgresSettings(url=URL)
+        assert (s.pool_min_size, s.pool_max_size, s.max_lifetime) == (5, 25, 300.0)
+        assert (s.connect_retries, s.slow_query_ms, s.statement_timeout_ms) == (5, 500, None)
+        assert s.pool_check == "fast"
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"pool_min_size": 10, "pool_max_size": 5},
+            {"pool_min_size": -1},
+            {"pool_max_size": 0},
+            {"pool_timeout": 0},
+            {"pool_check": "sometimes"},
+            {"statement_timeout_ms": 0},
+            {"url": "  "},
+        ],
+    )
+    def test_invalid_values_are_configuration_errors(self, bad: dict[str, object]):
+        """Out-of-range or unknown values raise ConfigurationError naming the field."""
+        options = {"url": URL, **bad}
+        with pytest.raises(ConfigurationError):
+            PostgresSettings(**options)  # type: ignore[arg-type]
+
+    def test_repr_hides_the_password(self):
+        """The settings' repr shows the URL with its password masked."""
+        text = repr(PostgresSettings(url=URL))
+        assert "pw@" not in text
+        assert "app:***@db.internal" in text
+
+
+class TestRedactUrl:
+    """redact_url masks passwords in URLs and key=value strings."""
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+            ("postgresql://u@h/db", "postgresql://u@h/db"),
+            ("postgresql://h/db?password=secret&x=1", "postgresql://h/db?password=***&x=1"),
+            ("host=h password=secret user=u", "host=h password=*** user=u"),
+            ("host=h password='se cret' user=u", "host=h password=*** user=u"),
+        ],
+    )
+    def test_examples(self, url: str, expected: str):
+        """Each form keeps everything but the password."""
+        assert redact_url(url) == expected
+
+    @settings(max_examples=50)
+    @given(password=st.text(alphabet="abcdefXYZ0123456789!$^*()_+-=", min_size=4, max_size=20))
+    def test_password_never_survives(self, password: str):
+        """Whatever the password, it is not in the redacted URL."""
+        url = f"postgresql://user:{password}@host:5432/db"
+        assert f":{password}@" not in redact_url(url)
+
+
+class TestFromConfig:
+    """from_config reads every DB_* key through the ConfigSource port."""
+
+    def test_every_key(self):
+        """Each documented key lands in the matching setting."""
+        config = InMemoryConfig(
+            {
+                "DATABASE_URL": URL,
+                "DB_POOL_MIN_SIZE": 2,
+                "DB_POOL_MAX_SIZE": 7,
+                "DB_POOL_MAX_LIFETIME_S": 60,
+                "DB_POOL_MAX_IDLE_S": 30,
+                "DB_POOL_TIMEOUT_S": 1.5,
+                "DB_POOL_CHECK": "Query",
+                "DB_CONNECT_RETRIES": 3,
+                "DB_CONNECT_BACKOFF_S": 0.1,
+                "DB_CONNECT_TIMEOUT_S": 2,
+                "DB_SLOW_QUERY_MS": 250,
+                "DB_STATEMENT_TIMEOUT_MS": 1000,
+                "DB_HEALTH_TIMEOUT_S": 0.5,
+                "DB_PREPARE_THRESHOLD": -1,
+                "DB_APPLICATION_NAME": "billing",
+            }
+        )
+        s = PostgresSettings.from_config(config)
+        assert s == PostgresSettings(
+            url=URL,
+            pool_min_size=2,
+            pool_max_size=7,
+            max_lifetime=60.0,
+            max_idle=30.0,
+            pool_timeout=1.5,
+            pool_check="query",
+            connect_retries=3,
+            connect_backoff=0.1,
+            connect_timeout=2.0,
+            slow_query_ms=250,
+            statement_timeout_ms=1000,
+            health_timeout=0.5,
+            prepare_threshold=None,
+            application_name="billing",
+        )
+
+    def test_application_name_falls_back_to_the_service_name(self):
+        """Without DB_APPLICATION_NAME, SERVICE_NAME names the connections."""
+        s = PostgresSettings.from_config(InMemoryConfig({"DATABASE_URL": URL, "SERVICE_NAME": "x"}))
+        assert s.application_name == "x"
+        assert PostgresSettings.from_config(
+            InMemoryConfig({"DATABASE_URL": URL})
+        ).application_name == ("hexinfra")
+
+    def test_missing_url_names_the_key(self):
+        """No DATABASE_URL: ConfigurationError naming it."""
+        with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+            PostgresSettings.from_config(InMemoryConfig({}))
+
+    def test_unknown_pool_check_names_the_key(self):
+        """An unknown DB_POOL_CHECK is rejected naming the key."""
+        config = InMemoryConfig({"DATABASE_URL": URL, "DB_POOL_CHECK": "maybe"})
+        with pytest.raises(ConfigurationError, match="DB_POOL_CHECK"):
+            PostgresSettings.from_config(config)
+
+    def test_database_from_config_does_no_io(self):
+        """from_config builds an unconnected database that satisfies the port."""
+        db = PostgresDatabase.from_config(
+            InMemoryConfig({"DATABASE_URL": URL}), logger=RecordingLogger()
+        )
+        assert isinstance(db, Database)
+        assert repr(db) == "PostgresDatabase(db.internal:5433/orders, new)"
+
+
+def _error(cls: type[psycopg.Error], message: str = "") -> psycopg.Error:
+    return cls(message)
+
+
+class TestErrorMapping:
+    """Driver errors map to the documented domain errors, the message free of values."""
+
+    @pytest.mark.parametrize(
+        ("driver", "expected", "reason"),
+        [
+            (pg_errors.UniqueViolation, Conflict, None),
+            (pg_errors.ForeignKeyViolation, Conflict, None),
+            (pg_errors.ExclusionViolation, Conflict, None),
+            (pg_errors.SerializationFailure, Conflict, "transaction_conflict"),
+            (pg_errors.DeadlockDetected, Conflict, "transaction_conflict"),
+            (pg_errors.QueryCanceled, ServiceUnavailable, "canceled"),
+            (pg_errors.LockNotAvailable, ServiceUnavailable, "lock_timeout"),
+            (pg_errors.AdminShutdown, ServiceUnavailable, "server"),
+            (pg_errors.TooManyConnections, ServiceUnavailable, "server"),
+            (pg_errors.ConnectionFailure, ServiceUnavailable, "server"),
+            (pg_errors.SyntaxError, InternalServerError, None),
+            (pg_errors.NotNullViolation, InternalServerError, None),
+            (pg_errors.InvalidTextRepresentation, InternalServerError, None),
+            (psycopg.OperationalError, ServiceUnavailable, "connection"),
+            (psycopg.InterfaceError, InternalServerError, None),
+            (PoolTimeout, ServiceUnavailable, "pool_timeout"),
+            (PoolClosed, ServiceUnavailable, "closed"),
+        ],
+    )
+    def test_mapping(
+        self, driver: type[psycopg.Error], expected: type[DomainError], reason: str | None
+    ):
+        """Each driver error class maps to its domain error; the value is never echoed."""
+        mapped = _map_error(_error(driver, 'value "s3cret" rejected'), "h:5432/db")
+        assert type(mapped) is expected
+        assert "s3cret" not in str(mapped)
+        if reason is not None:
+            assert mapped.details["reason"] == reason
+
+    def test_unique_violation_without_diagnostics(self):
+        """A Conflict built without server diagnostics still says what kind it was."""
+        mapped = _map_error(_error(pg_errors.UniqueViolation), "h")
+        assert mapped.code == "DUPLICATE"
+        assert mapped.details["constraint"] == "?"
+
+    def test_parameter_shape_errors(self):
+        """psycopg's TypeError about parameter shapes becomes InternalServerError."""
+        mapped = _map_error(TypeError("named placeholders require a mapping"), "h")
+        assert isinstance(mapped, InternalServerError)
+        assert "named placeholders" in str(mapped)

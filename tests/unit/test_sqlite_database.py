@@ -1,0 +1,272 @@
+"""SqliteDatabase specifics beyond the shared contract: placeholder translation, types,
+error mapping, serialization of transactions, and lifecycle edges."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from adapters.memory import InMemoryConfig, SqliteDatabase
+from adapters.memory._sqlite import _map_error, _translate
+from domain_errors import Conflict, InternalServerError, ServiceUnavailable
+from ports.database import Database
+from testing.fakes import RecordingLogger
+
+
+@pytest.fixture
+async def db() -> SqliteDatabase:
+    database = SqliteDatabase()
+    await database.connect()
+    await database.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT UNIQUE)")
+    return database
+
+
+class TestPlaceholders:
+    """psycopg placeholders become SQLite's, with psycopg's rules."""
+
+    @pytest.mark.parametrize(
+        ("sql", "expected"),
+        [
+            ("SELECT 1", ("SELECT 1", 0, ())),
+            ("SELECT %s, %b, %t", ("SELECT ?, ?, ?", 3, ())),
+            ("SELECT %(a)s, %(b)s, %(a)s", ("SELECT ?, ?, ?", 0, ("a", "b", "a"))),
+            ("SELECT '100%%', %s", ("SELECT '100%', ?", 1, ())),
+            ("%%%s%%", ("%?%", 1, ())),
+        ],
+    )
+    def test_translation(self, sql: str, expected: tuple[str, int, tuple[str, ...]]):
+        """Each placeholder becomes ?, named ones keep their order, %% becomes %."""
+        assert _translate(sql) == expected
+
+    @pytest.mark.parametrize("sql", ["SELECT %d", "SELECT 50%", "SELECT %(a)x", "SELECT %s, %(a)s"])
+    def test_invalid_placeholders(self, sql: str):
+        """Unknown placeholders, a lone % and mixed styles are InternalServerError."""
+        with pytest.raises(InternalServerError):
+            _translate(sql)
+
+    async def test_mapping_without_placeholders_is_accepted(self, db: SqliteDatabase):
+        """A mapping for a query without placeholders is fine (as in psycopg)."""
+        assert await db.fetch_value("SELECT 5", {"unused": 1}) == 5
+
+    async def test_select_through_execute_counts_rows(self, db: SqliteDatabase):
+        """execute() of a SELECT returns its row count, as PostgreSQL reports it."""
+        await db.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        assert await db.execute("SELECT * FROM t") == 2
+        assert await db.execute("CREATE TABLE u (x INTEGER)") == -1
+
+
+class TestTypes:
+    """Python values PostgreSQL returns typed come back typed from the fake too."""
+
+    async def test_typed_columns_round_trip(self, db: SqliteDatabase):
+        """BOOLEAN, TIMESTAMPTZ, TIMESTAMP, DATE, NUMERIC and UUID columns round-trip."""
+        await db.execute(
+            "CREATE TABLE typed (b BOOLEAN, ts TIMESTAMPTZ, naive TIMESTAMP, d DATE, "
+            "n NUMERIC(10, 2), dec DECIMAL, u UUID)"
+        )
+        ts = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+        values = (
+            True,
+            ts,
+            datetime(2030, 1, 2, 3, 4),
+            date(2030, 1, 2),
+            Decimal("1.25"),
+            Decimal("-3"),
+            uuid.UUID(int=7),
+        )
+        await db.execute("INSERT INTO typed VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
+        row = await db.fetch_one("SELECT * FROM typed")
+        assert row is not None
+        assert tuple(row.values()) == values
+        await db.execute("UPDATE typed SET b = FALSE")
+        assert await db.fetch_value("SELECT b FROM typed") is False
+
+    async def test_naive_stored_timestamps_read_back_as_utc(self, db: SqliteDatabase):
+        """CURRENT_TIMESTAMP in a TIMESTAMPTZ column reads back timezone-aware (UTC)."""
+        await db.execute("CREATE TABLE ev (at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP, x INTEGER)")
+        await db.execute("INSERT INTO ev (x) VALUES (1)")
+        at = await db.fetch_value("SELECT at FROM ev")
+        assert at.tzinfo is UTC
+
+    async def test_integer_overflow_is_an_internal_error(self, db: SqliteDatabase):
+        """An integer beyond 64 bits raises InternalServerError (SQLSTATE 22003)."""
+        with pytest.raises(InternalServerError) as caught:
+            await db.execute("INSERT INTO t (id) VALUES (%s)", (2**70,))
+        assert caught.value.details["sqlstate"] == "22003"
+
+
+class TestErrorMapping:
+    """sqlite3 errors become the domain errors PostgresDatabase raises."""
+
+    async def test_not_null_and_check_carry_postgres_sqlstates(self, db: SqliteDatabase):
+        """NOT NULL -> 23502, CHECK -> 23514, both InternalServerError."""
+        await db.execute("CREATE TABLE c (x INTEGER NOT NULL CHECK (x > 0))")
+        with pytest.raises(InternalServerError) as not_null:
+            await db.execute("INSERT INTO c VALUES (NULL)")
+        with pytest.raises(InternalServerError) as check:
+            await db.execute("INSERT INTO c VALUES (-1)")
+        assert not_null.value.details["sqlstate"] == "23502"
+        assert check.value.details["sqlstate"] == "23514"
+
+    async def test_conflicts_name_the_constraint(self, db: SqliteDatabase):
+        """A unique violation is a DUPLICATE Conflict naming table and column."""
+        await db.execute("INSERT INTO t VALUES (1, 'a')")
+        with pytest.raises(Conflict) as caught:
+            await db.execute("INSERT INTO t VALUES (2, 'a')")
+        assert caught.value.code == "DUPLICATE"
+        assert dict(caught.value.details) == {
+            "constraint": "t.name",
+            "table": "t",
+            "sqlstate": "23505",
+        }
+
+    def test_foreign_key_conflict_without_detail(self):
+        """A FOREIGN KEY failure (SQLite names no constraint) is still a Conflict."""
+        exc = sqlite3.IntegrityError("FOREIGN KEY constraint failed")
+        exc.sqlite_errorname = "SQLITE_CONSTRAINT_FOREIGNKEY"
+        error = _map_error(exc)
+        assert isinstance(error, Conflict)
+        assert error.details["sqlstate"] == "23503"
+        assert error.details["table"] == "?"
+
+    async def test_commit_time_violation_rolls_back_and_conflicts(self, db: SqliteDatabase):
+        """A deferred foreign key broken at COMMIT raises Conflict; nothing is kept."""
+        await db.execute(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, p BIGINT REFERENCES t(id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(Conflict):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO child VALUES (1, 99)")
+        assert await db.fetch_value("SELECT count(*) FROM child") == 0
+        async with db.transaction() as tx:  # and the database is usable again
+            await tx.execute("INSERT INTO t VALUES (99, 'p')")
+            await tx.execute("INSERT INTO child VALUES (1, 99)")
+        assert await db.fetch_value("SELECT count(*) FROM child") == 1
+
+
+class TestSerialization:
+    """One connection: transactions hold a lock that other tasks wait for."""
+
+    async def test_database_call_inside_own_transaction_fails_fast(self, db: SqliteDatabase):
+        """The Database (not the transaction) used by the transaction's task raises at once."""
+        async with db.transaction() as tx:
+            with pytest.raises(InternalServerError, match="holds an open transaction"):
+                await db.execute("INSERT INTO t VALUES (1, 'a')")
+            with pytest.raises(InternalServerError):
+                async with db.transaction():
+                    pass
+            await tx.execute("INSERT INTO t VALUES (2, 'b')")
+        assert await db.fetch_value("SELECT count(*) FROM t") == 1
+
+    async def test_waiting_past_the_lock_timeout_is_unavailable(self):
+        """Another task waiting longer than lock_timeout gets ServiceUnavailable."""
+        db = SqliteDatabase(lock_timeout=0.05)
+        await db.connect()
+        release = asyncio.Event()
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with db.transaction():
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await held.wait()
+        with pytest.raises(ServiceUnavailable) as caught:
+            await db.fetch_value("SELECT 1")
+        assert caught.value.details["reason"] == "pool_timeout"
+        await db.health_check()  # the health check does not wait for the lock
+        release.set()
+        await holder
+        assert await db.fetch_value("SELECT 1") == 1
+
+    async def test_savepoint_in_an_aborted_transaction_fails(self, db: SqliteDatabase):
+        """Opening a savepoint after a failed statement raises (PostgreSQL: 25P02)."""
+        await db.execute("INSERT INTO t VALUES (1, 'a')")
+        with pytest.raises(InternalServerError):  # noqa: PT012 - the block is the subject
+            async with db.transaction() as tx:
+                with pytest.raises(Conflict):
+                    await tx.execute("INSERT INTO t VALUES (1, 'a')")
+                with pytest.raises(InternalServerError) as aborted:
+                    tx.transaction()
+                assert aborted.value.details["sqlstate"] == "25P02"
+
+    async def test_fetch_one_and_value_inside_a_transaction(self, db: SqliteDatabase):
+        """fetch_one and fetch_value work on a transaction object."""
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (1, 'a')")
+            assert await tx.fetch_one("SELECT name FROM t") == {"name": "a"}
+            assert await tx.fetch_one("SELECT name FROM t WHERE id = 9") is None
+            assert await tx.fetch_value("SELECT id FROM t") == 1
+            assert await tx.fetch_value("SELECT id FROM t WHERE id = 9") is None
+            assert repr(tx) == "<SqliteDatabase transaction open>"
+        assert repr(tx) == "<SqliteDatabase transaction finished>"
+
+
+class TestLifecycle:
+    """connect/close edges and construction from config."""
+
+    async def test_is_a_database_port(self):
+        """SqliteDatabase satisfies the Database protocol."""
+        assert isinstance(SqliteDatabase(), Database)
+
+    async def test_from_config_reads_the_pool_timeout(self):
+        """DB_POOL_TIMEOUT_S bounds the wait for the lock."""
+        db = SqliteDatabase.from_config(InMemoryConfig({"DB_POOL_TIMEOUT_S": "0.5"}))
+        assert db.lock_timeout == 0.5
+        assert SqliteDatabase.from_config(InMemoryConfig({})).lock_timeout == 5.0
+
+    async def test_closed_database_cannot_reconnect(self):
+        """connect() after close() raises ServiceUnavailable; repr shows the state."""
+        db = SqliteDatabase()
+        await db.close()
+        assert repr(db) == "SqliteDatabase(:memory:, closed)"
+        with pytest.raises(ServiceUnavailable):
+            await db.connect()
+
+    async def test_second_close_waits_for_the_first(self, db: SqliteDatabase):
+        """Two close() calls while a transaction finishes: both return, closed after."""
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def work() -> None:
+            async with db.transaction() as tx:
+                held.set()
+                await release.wait()
+                await tx.execute("INSERT INTO t VALUES (1, 'a')")
+
+        worker = asyncio.create_task(work())
+        await held.wait()
+        first = asyncio.create_task(db.close(timeout=5))
+        second = asyncio.create_task(db.close(timeout=5))
+        await asyncio.sleep(0)  # both close() calls take their first step
+        assert not first.done()
+        release.set()
+        await asyncio.gather(worker, first, second)
+        with pytest.raises(ServiceUnavailable):
+            await db.health_check()
+
+    async def test_close_timeout_is_logged(self):
+        """Giving up on a stuck transaction is logged at warning."""
+        logger = RecordingLogger()
+        db = SqliteDatabase(logger=logger)
+        await db.connect()
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def stuck() -> None:
+            async with db.transaction():
+                held.set()
+                await release.wait()
+
+        task = asyncio.create_task(stuck())
+        await held.wait()
+        await db.close(timeout=0.01)
+        logger.assert_logged("database closing with a transaction still open", level="warning")
+        release.set()
+        with pytest.raises(ServiceUnavailable):
+            await task  # its COMMIT cannot run on a closed database
