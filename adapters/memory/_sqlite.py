@@ -375,6 +375,7 @@ class SqliteDatabase:
                     self._lock.release()
             return
         self._state = "closing"
+        conn = self._open_connection()
         acquired = False
         try:
             async with asyncio.timeout(timeout):
@@ -384,10 +385,9 @@ class SqliteDatabase:
             if self._logger is not None:
                 self._logger.warning("database closing with a transaction still open")
         finally:
-            conn, self._conn = self._conn, None
+            self._conn = None
             self._state = "closed"
-            if conn is not None:
-                conn.close()
+            conn.close()
             if acquired:
                 self._lock.release()
 

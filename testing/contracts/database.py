@@ -46,7 +46,14 @@ from hypothesis.stateful import (
 
 from domain_errors import Conflict, DomainError, InternalServerError, ServiceUnavailable
 from ports.database import Database, Queryable
-from testing._strategies_db import sql_bigints, sql_integers, sql_rows, sql_text
+from testing._strategies_db import (
+    sql_bigints,
+    sql_identifiers,
+    sql_integers,
+    sql_rows,
+    sql_scalars,
+    sql_text,
+)
 
 __all__ = ["DatabaseAdapter", "DatabaseContract", "TABLE_DDL", "unique_table_name"]
 
@@ -488,6 +495,23 @@ class DatabaseContract:
 
             check()
 
+    def test_scalar_parameters_come_back_unchanged(self, database_adapter: DatabaseAdapter) -> None:
+        """SELECT %s AS <alias> returns any NULL, bigint, text or float as given."""
+        with self.session(database_adapter) as s:
+
+            @settings(
+                max_examples=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture],
+            )
+            @given(value=sql_scalars(), alias=sql_identifiers())
+            def check(value: Any, alias: str) -> None:
+                row = s.run(s.db.fetch_one(f"SELECT %s AS {alias}", (value,)))
+                assert row is not None
+                assert dict(row) == {alias: value}
+
+            check()
+
     # --- error mapping ---------------------------------------------------------------
 
     def test_unique_violation_is_a_conflict(self, database_adapter: DatabaseAdapter) -> None:
@@ -551,6 +575,9 @@ class DatabaseContract:
             async with db.transaction() as tx:
                 await tx.execute(f"INSERT INTO {table} (id, name) VALUES (1, 'a')")
                 assert await _names(tx, table) == ["a"]  # reads its own writes
+                row = await tx.fetch_one(f"SELECT id, name FROM {table}")
+                assert row is not None
+                assert dict(row) == {"id": 1, "name": "a"}
             assert await _names(db, table) == ["a"]
 
         self.run(database_adapter, scenario)

@@ -317,3 +317,51 @@ class TestErrors:
         with pytest.raises(ConfigurationError) as caught:
             make_db(f"postgresql://u:{_PASSWORD}@[::1")
         assert _PASSWORD not in str(caught.value)
+
+
+class TestConnectionLoss:
+    """A connection that dies under a transaction, and a pool that cannot fill."""
+
+    async def test_terminated_backend_mid_transaction(self, postgres_url: str):
+        """Statements and savepoints on a killed connection raise ServiceUnavailable;
+        the pool replaces the connection and nothing leaks."""
+        db = make_db(postgres_url, pool_min_size=1, pool_max_size=1)
+        killer = make_db(postgres_url)
+        await asyncio.gather(db.connect(), killer.connect())
+        with pytest.raises(ServiceUnavailable):  # noqa: PT012 - the block is the subject
+            async with db.transaction() as tx:
+                assert repr(tx) == "<PostgresDatabase transaction open>"
+                pid = await tx.fetch_value("SELECT pg_backend_pid()")
+                assert await killer.fetch_value("SELECT pg_terminate_backend(%s)", (pid,))
+                with pytest.raises(ServiceUnavailable):
+                    async with tx.transaction():
+                        pass
+                await tx.execute("SELECT 1")
+        assert repr(tx) == "<PostgresDatabase transaction finished>"
+        assert await db.fetch_value("SELECT pg_backend_pid()") != pid
+        stats = db.pool_stats()
+        assert (stats["in_flight"], stats["pool_size"]) == (0, 1)
+        await asyncio.gather(db.close(), killer.close())
+
+    async def test_pool_that_cannot_fill_is_unavailable(self, postgres_url: str):
+        """A server that takes the probe but refuses the pool's connections: ServiceUnavailable."""
+        admin = make_db(postgres_url)
+        await admin.connect()
+        role = f"hx_limited_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+        try:
+            url = postgres_url.replace("postgres@", f"{role}@", 1)
+            db = make_db(
+                url, pool_min_size=3, pool_max_size=3, connect_timeout=0.5, pool_timeout=0.5
+            )
+            began = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="pool could not open"):
+                await db.connect()
+            assert time.monotonic() - began < 3
+        finally:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            await admin.execute(f"DROP ROLE {role}")
+            await admin.close()

@@ -154,9 +154,13 @@ class TestRecording:
     async def test_calls_and_passthrough(self, flaky: FlakyDatabase):
         """Each call is recorded with its SQL and params; other attributes pass through."""
         await flaky.execute("INSERT INTO t VALUES (%s)", (5,))
+        assert await flaky.fetch_one("SELECT id FROM t") == {"id": 5}
+        assert await flaky.fetch_all("SELECT id FROM t") == [{"id": 5}]
         await flaky.close()
         assert flaky.calls == [
             DatabaseCall("execute", "INSERT INTO t VALUES (%s)", (5,)),
+            DatabaseCall("fetch_one", "SELECT id FROM t", ()),
+            DatabaseCall("fetch_all", "SELECT id FROM t", ()),
             DatabaseCall("close"),
         ]
         assert isinstance(flaky, Database)

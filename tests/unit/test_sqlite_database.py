@@ -86,6 +86,12 @@ class TestTypes:
         await db.execute("UPDATE typed SET b = FALSE")
         assert await db.fetch_value("SELECT b FROM typed") is False
 
+    async def test_bytes_like_values_pass_through(self, db: SqliteDatabase):
+        """bytes and bytearray parameters are stored as BLOBs and read back as bytes."""
+        await db.execute("CREATE TABLE blobs (b BLOB)")
+        await db.execute("INSERT INTO blobs VALUES (%s), (%s)", (b"\x00\x01", bytearray(b"ab")))
+        assert [r["b"] for r in await db.fetch_all("SELECT b FROM blobs")] == [b"\x00\x01", b"ab"]
+
     async def test_naive_stored_timestamps_read_back_as_utc(self, db: SqliteDatabase):
         """CURRENT_TIMESTAMP in a TIMESTAMPTZ column reads back timezone-aware (UTC)."""
         await db.execute("CREATE TABLE ev (at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP, x INTEGER)")
