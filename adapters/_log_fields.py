@@ -99,20 +99,21 @@ def redact_text(text: str) -> str:
 def clean_value(value: Any, _depth: int = 0) -> Any:
     """``value`` with URL passwords and secret-looking keys (at any depth) redacted.
 
-    Mappings become dicts with str keys, tuples become lists; nesting deeper than
+    Mappings become dicts with str keys, tuples and sets lists; nesting deeper than
     :data:`MAX_DEPTH` (a cycle, say) is cut and written as ``"[...]"``.
     """
     cls = type(value)
     if cls is str:
         return redact_text(value) if "://" in value else value
-    if _depth >= MAX_DEPTH and (isinstance(value, Mapping) or cls is list or cls is tuple):
+    container = cls is list or cls is tuple or cls is set or cls is frozenset
+    if _depth >= MAX_DEPTH and (container or isinstance(value, Mapping)):
         return TRUNCATED
     if cls is dict or isinstance(value, Mapping):
         return {
             str(k): (REDACTED if key_kind(str(k)) == SECRET else clean_value(v, _depth + 1))
             for k, v in value.items()
         }
-    if cls is list or cls is tuple:
+    if container:
         return [clean_value(v, _depth + 1) for v in value]
     return value
 

@@ -65,10 +65,12 @@ _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40
 
 
 def _json_default(value: Any) -> Any:
-    """orjson fallback: sets as lists, anything else as ``str`` (a Secret as ``***``)."""
-    if isinstance(value, set | frozenset):
-        return list(value)
-    return str(value)
+    """orjson fallback: a value is written as its ``str``, URL passwords redacted.
+
+    A Secret writes ``***``; a URL object (yarl, pydantic...) shows no password.
+    (Tags were cleaned before: sets and tuples are lists by then.)
+    """
+    return redact_text(str(value))
 
 
 def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:

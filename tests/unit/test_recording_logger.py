@@ -167,3 +167,12 @@ class TestFieldKindCache:
         log.info("m", late_password_999="pw", level="x")
         record = log.records[-1]
         assert record.tags == {"late_password_999": "[REDACTED]", "tag_level": "x"}
+
+
+class TestValuesLikeTheJsonLine:
+    def test_sets_and_tuples_become_lists_with_urls_redacted(self, log: RecordingLogger) -> None:
+        """Containers are recorded as the JSON line writes them, passwords removed."""
+        log.info("m", hosts={"redis://:pw-1@cache"}, pair=("a", "nats://u:pw-2@n"))
+        record = log.records[0]
+        assert record.tags["hosts"] == ["redis://:[REDACTED]@cache"]
+        assert record.tags["pair"] == ["a", "nats://u:[REDACTED]@n"]

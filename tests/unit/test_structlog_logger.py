@@ -278,6 +278,20 @@ class TestValues:
         assert lines[4]["timestamp"].endswith("Z")
         assert lines[5]["value"] == "bad \udcff"
 
+    def test_objects_written_with_str_are_redacted_too(self) -> None:
+        """An object whose str() is a URL with a password is written without the password."""
+
+        class Url:
+            def __str__(self) -> str:
+                return "amqp://guest:pw-in-object@mq:5672/"
+
+        log, stream = logger()
+        log.info("broker", url=Url(), hosts={"redis://:pw-in-set@cache"})
+        (line,) = lines_of(stream)
+        assert line["url"] == "amqp://guest:[REDACTED]@mq:5672/"
+        assert line["hosts"] == ["redis://:[REDACTED]@cache"]
+        assert b"pw-in" not in stream.getvalue()
+
     def test_slow_path_keeps_a_processor_timestamp(self) -> None:
         """When json takes over (huge int) a timestamp already made text is kept as is."""
 
