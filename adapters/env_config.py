@@ -12,8 +12,9 @@ Precedence, highest first::
   constructed (a memory copy, no I/O); a variable set afterwards is not seen.
   Tests may pass ``environ=`` instead of the process environment.
 - ``.env`` files are parsed with python-dotenv's parser (the one environs uses),
-  never through ``load_dotenv``/``Env.read_env``, which write into ``os.environ``
-  in many versions. Values are literal: no ``${VAR}`` interpolation, so a ``$`` in
+  never through ``load_dotenv`` (which writes ``os.environ``) or ``Env.read_env``
+  (which did so too until recent environs, sloria/environs#462, and our floor is
+  environs 11). Values are literal: no ``${VAR}`` interpolation, so a ``$`` in
   a password stays a ``$``. A line that does not parse is a ``ConfigurationError``
   naming the file and line.
 - Files are read once, on :meth:`EnvConfig.open` or on the first read, whichever
