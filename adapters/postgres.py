@@ -18,13 +18,18 @@ Behaviour, beyond the port's contract:
 - **Checked connections.** ``DB_POOL_CHECK=fast`` (default) checks each connection as it
   leaves the pool without a round trip: an idle autocommit connection's socket has
   nothing to read, so a readable socket (a server shutdown message, an EOF) triggers
-  a real ``check_connection`` round trip, and a dead connection is replaced instead
-  of being handed out. ``query`` always does the round trip (psycopg's
-  ``AsyncConnectionPool.check_connection``); ``none`` does not check.
+  a real round trip (psycopg's ``AsyncConnectionPool.check_connection``), and a dead
+  connection is closed and replaced instead of being handed out; the caller gets the
+  next one at once, within the pool timeout. ``query`` always does the round trip
+  (one extra per call); ``none`` does not check (a restart then fails the first call
+  on each stale connection). The pool retries lost connections in the background
+  (1 s, then 2 s...) and gives up after 2 s; the next waiting caller starts over, so
+  the pool serves again about a second after the server is back.
 - **Slow queries** (``DB_SLOW_QUERY_MS``, 500 ms) are logged at warning with the SQL
   text and the duration, never the parameters. ``DB_STATEMENT_TIMEOUT_MS`` sets the
   server's ``statement_timeout``; a statement that exceeds it raises
-  ``ServiceUnavailable`` (``details["reason"] == "statement_timeout"``).
+  ``ServiceUnavailable`` (``details["reason"] == "statement_timeout"``; a statement
+  cancelled by ``close()`` gives ``"canceled"``).
 - **Errors** (driver error kept as ``__cause__``; messages never carry parameter
   values, SQL or the password):
 
