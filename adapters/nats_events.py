@@ -36,27 +36,29 @@ heartbeats and re-issued.
 
 Settings keys (through :class:`ports.config.ConfigSource`; all optional but the URL):
 
-==============================  ========  ==============================================
-``NATS_URL``                    required  one URL or a comma-separated list (cluster)
-``EVENTS_STREAM``               EVENTS    stream name (dead letters: ``<name>_DEAD``)
-``EVENTS_PREFIX``               events    subject prefix of the stream
-``EVENTS_DEAD_PREFIX``          dead      subject prefix of the dead-letter stream
-``EVENTS_REPLICAS``             1         stream replicas (3 on a 3-node cluster)
-``EVENTS_STORAGE``              file      ``file`` or ``memory``
-``EVENTS_DUPLICATE_WINDOW_S``   120       dedupe window of ``Nats-Msg-Id``
-``EVENTS_PUBLISH_RETRIES``      3         retries after the first attempt
-``EVENTS_PUBLISH_TIMEOUT_S``    5         wait for one PubAck
-``EVENTS_PUBLISH_BACKOFF_S``    0.1       first retry delay (doubles, capped at 2 s)
-``EVENTS_PUBLISH_WINDOW``       2000      publish_many: sends in flight at once
-``EVENTS_PULL_BATCH``           128       messages requested/buffered per subscription
-``EVENTS_PULL_EXPIRES_S``       5         life of one pull request (heartbeat = 1/5)
-``EVENTS_MAX_ACK_PENDING``      10000     consumer's max unacked messages
-``NATS_CONNECT_RETRIES``        5         first-connect attempts
-``NATS_CONNECT_TIMEOUT_S``      2         one connect attempt
-``NATS_CONNECT_BACKOFF_S``      0.2       first connect retry delay (doubles)
-``NATS_RECONNECT_WAIT_S``       0.5       between reconnect attempts (forever)
-``SERVICE_NAME``                          the client's connection name
-==============================  ========  ==============================================
+================================  ========  ===============================================
+``NATS_URL``                      required  one URL or a comma-separated list (cluster)
+``EVENTS_STREAM``                 EVENTS    stream name (dead letters: ``<name>_DEAD``)
+``EVENTS_PREFIX``                 events    subject prefix of the stream
+``EVENTS_DEAD_PREFIX``            dead      subject prefix of the dead-letter stream
+``EVENTS_REPLICAS``               1         stream replicas (3 on a 3-node cluster)
+``EVENTS_STORAGE``                file      ``file`` or ``memory``
+``EVENTS_DUPLICATE_WINDOW_S``     120       dedupe window of ``Nats-Msg-Id``
+``EVENTS_PUBLISH_RETRIES``        3         retries after the first attempt
+``EVENTS_PUBLISH_TIMEOUT_S``      5         wait for one PubAck
+``EVENTS_PUBLISH_BACKOFF_S``      0.1       first retry delay (doubles on each retry)
+``EVENTS_PUBLISH_BACKOFF_MAX_S``  2         longest retry delay
+``EVENTS_PUBLISH_WINDOW``         2000      publish_many: sends in flight at once
+``EVENTS_API_TIMEOUT_S``          5         JetStream API calls (streams, consumers)
+``EVENTS_PULL_BATCH``             128       messages requested/buffered per subscription
+``EVENTS_PULL_EXPIRES_S``         5         life of one pull request (heartbeat: 1/5 of it)
+``EVENTS_MAX_ACK_PENDING``        10000     consumer's max unacked messages
+``NATS_CONNECT_RETRIES``          5         first-connect attempts
+``NATS_CONNECT_TIMEOUT_S``        2         one connect attempt
+``NATS_CONNECT_BACKOFF_S``        0.2       first connect retry delay (doubles)
+``NATS_RECONNECT_WAIT_S``         0.5       between reconnect attempts (forever)
+``SERVICE_NAME``                  hexinfra  the client's connection name
+================================  ========  ===============================================
 """
 
 from __future__ import annotations
@@ -163,7 +165,6 @@ _DEAD_HEADERS: Final = frozenset(
 
 _STATUS: Final = "Status"
 _PENDING_MSGS: Final = "Nats-Pending-Messages"
-_MAX_BACKOFF: Final = 2.0
 _STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _URL_PASSWORD: Final = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
@@ -222,7 +223,9 @@ class NatsSettings:
     publish_retries: int = attrs.field(default=3, validator=_non_negative)
     publish_timeout: float = attrs.field(default=5.0, validator=_positive)
     publish_backoff: float = attrs.field(default=0.1, validator=_non_negative)
+    publish_backoff_max: float = attrs.field(default=2.0, validator=_non_negative)
     publish_window: int = attrs.field(default=2000, validator=_positive)
+    api_timeout: float = attrs.field(default=5.0, validator=_positive)
     pull_batch: int = attrs.field(default=128, validator=_positive)
     pull_expires: float = attrs.field(default=5.0, validator=_positive)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive)
@@ -273,7 +276,9 @@ class NatsSettings:
             publish_retries=config.get_int("EVENTS_PUBLISH_RETRIES", 3),
             publish_timeout=config.get_float("EVENTS_PUBLISH_TIMEOUT_S", 5.0),
             publish_backoff=config.get_float("EVENTS_PUBLISH_BACKOFF_S", 0.1),
+            publish_backoff_max=config.get_float("EVENTS_PUBLISH_BACKOFF_MAX_S", 2.0),
             publish_window=config.get_int("EVENTS_PUBLISH_WINDOW", 2000),
+            api_timeout=config.get_float("EVENTS_API_TIMEOUT_S", 5.0),
             pull_batch=config.get_int("EVENTS_PULL_BATCH", 128),
             pull_expires=config.get_float("EVENTS_PULL_EXPIRES_S", 5.0),
             max_ack_pending=config.get_int("EVENTS_MAX_ACK_PENDING", 10_000),
@@ -408,7 +413,9 @@ class NatsConnection:
                         name=s.name,
                         connect_timeout=max(1, round(s.connect_timeout)),
                         reconnect_time_wait=s.reconnect_wait,
-                        max_reconnect_attempts=-1,
+                        # nats-py loops forever on a first connect when this is -1:
+                        # tenacity owns first-connect retries, see below.
+                        max_reconnect_attempts=1,
                         allow_reconnect=True,
                         error_cb=self._on_error,
                         disconnected_cb=self._on_disconnected,
@@ -426,7 +433,9 @@ class NatsConnection:
             ) from exc
         nc = self._nc
         assert nc is not None
-        self._js = nc.jetstream(timeout=s.publish_timeout)
+        # Once connected, reconnect forever (read by nats-py at each reconnect).
+        nc.options["max_reconnect_attempts"] = -1
+        self._js = nc.jetstream(timeout=s.api_timeout)
         self._reply_prefix = nc.new_inbox() + "."
         self._reply_sub = await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
         self._state = "open"
@@ -701,7 +710,7 @@ class NatsConnection:
                 if not _is_retryable(exc) or attempts > s.publish_retries:
                     raise self._map_publish_error(exc, subject, attempts) from exc
                 await self._after_failure(exc, subject, attempts)
-            await self._clock.sleep(min(delay, _MAX_BACKOFF))
+            await self._clock.sleep(min(delay, s.publish_backoff_max))
             delay *= 2
 
     async def publish_messages(
@@ -717,7 +726,8 @@ class NatsConnection:
             if round_:
                 assert last is not None
                 await self._after_failure(last, messages[todo[0]][0], round_)
-                await self._clock.sleep(min(s.publish_backoff * 2 ** (round_ - 1), _MAX_BACKOFF))
+                delay = s.publish_backoff * 2 ** (round_ - 1)
+                await self._clock.sleep(min(delay, s.publish_backoff_max))
             failed: list[int] = []
             try:
                 last = await self._pipeline(messages, todo, results, failed)

@@ -411,10 +411,9 @@ class InMemoryEventBus:
             now = self._clock.monotonic()
             expiry = self._id_expiry
             while expiry and expiry[0][0] <= now:
-                _, old = expiry.popleft()
-                seen = self._ids.get(old)
-                if seen is not None and seen[1] <= now:
-                    del self._ids[old]
+                # An id is re-registered only after its entry expired and was
+                # swept here, so the map entry for ``old`` is always this one.
+                del self._ids[expiry.popleft()[1]]
             seen = self._ids.get(msg_id)
             if seen is not None:
                 return PublishAck(self._stream, seen[0], True)
