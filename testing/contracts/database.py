@@ -846,6 +846,36 @@ async def _perform(db: Queryable, table: str, op: Op) -> int:
     return await db.execute(f"DELETE FROM {table} WHERE id = %s", (op[1],))
 
 
+async def _savepoint(tx: Any, table: str, model: Model, ops: list[Op], keep: bool) -> Model:
+    """Run ``ops`` in one savepoint of ``tx``; the model after it (unchanged if undone)."""
+    expected = model
+    conflict_at: Op | None = None
+    for op in ops:
+        conflict, _, after = _apply(expected, op)
+        if conflict:
+            conflict_at = op
+            break
+        expected = after
+    try:
+        async with tx.transaction() as sp:
+            working = model
+            for op in ops:
+                conflict, count, after = _apply(working, op)
+                got = await _perform(sp, table, op)  # raises Conflict when it should
+                assert not conflict, f"expected a Conflict for {op}"
+                assert got == count, f"{op} affected {got} rows, expected {count}"
+                working = after
+            if not keep:
+                raise _Rollback  # noqa: TRY301
+    except Conflict:
+        assert conflict_at is not None, "unexpected Conflict"
+        return model
+    except _Rollback:
+        return model
+    assert conflict_at is None
+    return expected
+
+
 def _model_machine(s: _Session) -> type[RuleBasedStateMachine]:
     db = s.db
 
@@ -871,23 +901,22 @@ def _model_machine(s: _Session) -> type[RuleBasedStateMachine]:
             assert got == count
             self.model = after
 
-        @rule(ops=st.lists(_ops, max_size=4), commit=st.booleans())
-        def transaction(self, ops: list[Op], commit: bool) -> None:
+        @rule(
+            savepoints=st.lists(
+                st.tuples(st.lists(_ops, min_size=1, max_size=3), st.booleans()), max_size=3
+            ),
+            commit=st.booleans(),
+        )
+        def transaction(self, savepoints: list[tuple[list[Op], bool]], commit: bool) -> None:
+            """A transaction of savepoints, each a few ops that all land or none do: a
+            savepoint is undone by a Conflict in it or by choice (``keep`` false)."""
+
             async def body() -> Model | None:
                 working = self.model
                 try:
                     async with db.transaction() as tx:
-                        for op in ops:
-                            conflict, count, after = _apply(working, op)
-                            try:
-                                async with tx.transaction() as sp:
-                                    got = await _perform(sp, self.table, op)
-                            except Conflict:
-                                assert conflict, f"unexpected Conflict for {op}"
-                                continue
-                            assert not conflict, f"expected a Conflict for {op}"
-                            assert got == count
-                            working = after
+                        for ops, keep in savepoints:
+                            working = await _savepoint(tx, self.table, working, ops, keep)
                         if not commit:
                             raise _Rollback  # noqa: TRY301
                 except _Rollback:
