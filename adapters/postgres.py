@@ -390,6 +390,7 @@ class PostgresDatabase:
         self._checks_failed = 0
         self._idle = asyncio.Event()
         self._closed = asyncio.Event()
+        self._connect_lock = asyncio.Lock()
         self._idle.set()
 
     @classmethod
@@ -407,9 +408,14 @@ class PostgresDatabase:
     async def connect(self) -> None:
         """Probe the server (with retries and backoff), then open and fill the pool.
 
-        Idempotent once connected. Raises ``ServiceUnavailable`` if the server does not
-        accept a connection after ``connect_retries`` attempts.
+        Idempotent once connected (concurrent calls share one attempt). Raises
+        ``ServiceUnavailable`` if the server does not accept a connection after
+        ``connect_retries`` attempts.
         """
+        async with self._connect_lock:
+            await self._connect()
+
+    async def _connect(self) -> None:
         if self._state == "open":
             return
         if self._state != "new":
@@ -460,13 +466,16 @@ class PostgresDatabase:
         )
         try:
             await pool.open(wait=True, timeout=s.connect_timeout + s.pool_timeout)
-        except PoolTimeout as exc:
+        except PoolTimeout as exc:  # the pool has closed itself
             raise ServiceUnavailable(
                 f"PostgreSQL at {self._where} accepted a probe but the pool could not open "
                 f"{s.pool_min_size} connections in time",
                 code=ErrorCode.DATABASE_UNAVAILABLE,
                 details={"reason": "connect"},
             ) from exc
+        except BaseException:  # cancelled while filling: stop the pool's workers
+            await asyncio.shield(pool.close())
+            raise
         self._pool = pool
         self._state = "open"
         self._logger.info(

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from adapters.memory import InMemoryConfig
 from adapters.postgres import PostgresDatabase, PostgresSettings
@@ -111,6 +112,60 @@ class TestConnect:
         await db.close()
         with pytest.raises(ServiceUnavailable):
             await db.connect()
+
+
+async def _server_connections(monitor: PostgresDatabase, app: str) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    return int(await monitor.fetch_value(sql, (app,)))
+
+
+class TestConnectConcurrency:
+    """connect() racing itself or being cancelled leaves exactly one pool or none."""
+
+    async def test_concurrent_connects_open_one_pool(self, postgres_url: str):
+        """Two connect() calls at once share one attempt: one pool on the server."""
+        app = f"twice_{uuid.uuid4().hex[:8]}"
+        db = make_db(postgres_url, application_name=app, pool_min_size=2)
+        monitor = make_db(postgres_url)
+        await asyncio.gather(db.connect(), db.connect(), monitor.connect())
+        assert await _server_connections(monitor, app) == 2
+        await asyncio.gather(db.close(), monitor.close())
+
+    async def test_cancelled_while_filling_the_pool_leaves_nothing_open(
+        self, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    ):
+        """Cancelling connect() after the probe closes the half-open pool."""
+        filling = asyncio.Event()
+        original = AsyncConnectionPool.open
+
+        async def open_and_hang(self: Any, wait: bool = False, timeout: float = 30.0) -> None:
+            await original(self, wait=False)
+            filling.set()
+            await asyncio.Event().wait()
+
+        app = f"cancel_{uuid.uuid4().hex[:8]}"
+        db = make_db(postgres_url, application_name=app, pool_min_size=2)
+        monitor = make_db(postgres_url)
+        await monitor.connect()
+        monkeypatch.setattr(AsyncConnectionPool, "open", open_and_hang)
+        connecting = asyncio.create_task(db.connect())
+        await filling.wait()
+        await wait_until_async(
+            lambda: _is(_server_connections(monitor, app), 2), timeout=5, what="pool filling"
+        )
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        await wait_until_async(
+            lambda: _is(_server_connections(monitor, app), 0), timeout=5, what="pool closed"
+        )
+        with pytest.raises(ServiceUnavailable):
+            await db.fetch_value("SELECT 1")  # still not connected
+        await monitor.close()
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
 
 
 class TestSettings:
