@@ -69,6 +69,7 @@ import itertools
 import re
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
 
 import attrs
@@ -1077,23 +1078,25 @@ class NatsSubscription:
 
     async def _work(self) -> None:
         queue = self._queue
+        tracked = self._tracked
         while True:
-            msg = await queue.get()
+            try:
+                msg = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                msg = await queue.get()
             if msg is None:
                 return
             try:
                 await self._process(msg)
             finally:
-                self._tracked.pop(msg.reply, None)
-            await self._pull()
+                tracked.pop(msg.reply, None)
+            if self._batch - self._requested - len(tracked) >= self._batch // 2:
+                await self._pull()
 
     async def _process(self, msg: Msg) -> None:
-        metadata = msg.metadata
-        attempt = metadata.num_delivered
+        attempt, stored_at = _reply_info(msg.reply)
         try:
-            decoded = event_codec.decode_message(
-                msg.data, msg.headers, default_time=metadata.timestamp
-            )
+            decoded = event_codec.decode_message(msg.data, msg.headers, default_time=stored_at)
         except event_codec.EventDecodeError as exc:
             await self._undecodable(msg, attempt, exc.message)
             return
@@ -1250,6 +1253,15 @@ class NatsSubscription:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._connection._unregister(self)
+
+
+def _reply_info(reply: str) -> tuple[int, datetime]:
+    """The delivery count and storage time from a JetStream ack subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or the
+    v2 form with ``<domain>.<account hash>`` after ``ACK`` (and a token at the end)."""
+    tokens = reply.split(".")
+    offset = 0 if len(tokens) == 9 else 2
+    return int(tokens[4 + offset]), datetime.fromtimestamp(int(tokens[7 + offset]) / 1e9, UTC)
 
 
 class NatsSubscriber:

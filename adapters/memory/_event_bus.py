@@ -45,26 +45,6 @@ __all__ = ["InMemoryEventBus", "InMemorySubscription"]
 _SETTLE_ROUNDS: Final = 4
 
 
-class _Message:
-    __slots__ = ("event", "headers", "payload", "request_id", "seq", "stored_at", "subject")
-
-    def __init__(
-        self,
-        subject: str,
-        event: Event | None,
-        payload: bytes | None,
-        headers: Mapping[str, str] | None,
-        request_id: str | None,
-    ) -> None:
-        self.seq = 0
-        self.subject = subject
-        self.event = event
-        self.payload = payload
-        self.headers = headers
-        self.request_id = request_id
-        self.stored_at: datetime | None = None
-
-
 class _Durable:
     """A consumer group: a cursor over the log, redeliveries, and its members."""
 
@@ -74,7 +54,7 @@ class _Durable:
         self.subject = subject
         self.pattern = subject_pattern(subject)
         self.cursor = 0
-        self.redeliver: deque[_Message] = deque()
+        self.redeliver: deque[int] = deque()
         self.attempts: dict[int, int] = {}
         self.delayed = 0
         self.inflight = 0
@@ -88,27 +68,28 @@ class _Durable:
             hit = self._matches[subject] = self.pattern.match(subject) is not None
         return hit
 
-    def take(self) -> _Message | None:
+    def take(self) -> int:
+        """The index of the next message to deliver, or -1."""
         if self.redeliver:
             return self.redeliver.popleft()
-        log = self.bus._log
-        while self.cursor < len(log):
-            message = log[self.cursor]
+        subjects = self.bus._subjects
+        end = len(subjects)
+        while self.cursor < end:
+            index = self.cursor
             self.cursor += 1
-            if self.matches(message.subject):
-                return message
-        return None
+            if self.matches(subjects[index]):
+                return index
+        return -1
 
     def has_deliverable(self) -> bool:
         if not self.members:
             return False
         if self.redeliver:
             return True
-        log = self.bus._log
-        return any(self.matches(m.subject) for m in log[self.cursor :])
+        return any(self.matches(s) for s in self.bus._subjects[self.cursor :])
 
     def pending(self) -> int:
-        unread = sum(1 for m in self.bus._log[self.cursor :] if self.matches(m.subject))
+        unread = sum(1 for s in self.bus._subjects[self.cursor :] if self.matches(s))
         return unread + len(self.redeliver) + self.delayed + self.inflight
 
 
@@ -178,70 +159,79 @@ class InMemorySubscription:
         bus = self._bus
         durable = self._durable
         attempts = durable.attempts
+        max_deliver = self._max_deliver
+        handler = self._handler
+        events, rids = bus._events, bus._rids
         while not self._stopping:
-            message = durable.take()
-            if message is None:
+            index = durable.take()
+            if index < 0:
                 durable.has_work.clear()
                 await durable.has_work.wait()
                 continue
-            attempt = attempts.get(message.seq, 0) + 1
-            attempts[message.seq] = attempt
+            attempt = attempts.get(index, 0) + 1
+            attempts[index] = attempt
             durable.inflight += 1
             bus._progress += 1
             try:
-                await self._handle(message, attempt)
+                event = events[index]
+                rid = rids[index]
+                if event is None or attempt > max_deliver:
+                    event, rid = self._prepare(index, attempt)
+                    if event is None:
+                        continue
+                try:
+                    with bind_context(
+                        request_id=rid,
+                        event_id=event.id,
+                        event_type=event.type,
+                        organization_id=event.organization_id,
+                        attempt=attempt,
+                    ):
+                        await handler(event)
+                except Reject as exc:
+                    self._dead(index, event, REASON_REJECTED, attempt, exc.reason)
+                except Exception as exc:
+                    self._failed(index, event, attempt, exc)
+                except BaseException:
+                    # Killed mid-event (stop timed out, or the process is going down):
+                    # the event goes back to the durable at once.
+                    durable.redeliver.appendleft(index)
+                    durable.has_work.set()
+                    raise
+                else:
+                    del attempts[index]
             finally:
                 durable.inflight -= 1
                 bus._progress += 1
 
-    async def _handle(self, message: _Message, attempt: int) -> None:
-        durable = self._durable
-        event = message.event
-        rid = message.request_id
+    def _prepare(self, index: int, attempt: int) -> tuple[Event | None, str | None]:
+        """Decode a raw message and apply the delivery limit: the event and request id
+        to handle, or ``(None, None)`` when it was dead-lettered instead."""
+        bus = self._bus
+        event, rid = bus._events[index], bus._rids[index]
         if event is None:
+            payload, headers, stored_at = bus._raw[index]
             try:
-                decoded = event_codec.decode_message(
-                    message.payload or b"", message.headers, default_time=message.stored_at
-                )
+                decoded = event_codec.decode_message(payload, headers, default_time=stored_at)
             except event_codec.EventDecodeError as exc:
-                self._undecodable(message, attempt, exc.message)
-                return
+                self._undecodable(index, attempt, exc.message)
+                return None, None
             event, rid = decoded.event, decoded.request_id
         if attempt > self._max_deliver:
-            self._dead(message, event, REASON_MAX_DELIVER, attempt, "delivery limit reached")
-            return
-        try:
-            with bind_context(
-                request_id=rid,
-                event_id=event.id,
-                event_type=event.type,
-                organization_id=event.organization_id,
-                attempt=attempt,
-            ):
-                await self._handler(event)
-        except Reject as exc:
-            self._dead(message, event, REASON_REJECTED, attempt, exc.reason)
-        except Exception as exc:
-            self._failed(message, event, attempt, exc)
-        except BaseException:
-            # Killed mid-event (stop timed out, or the process is going down): the
-            # event goes back to the durable at once.
-            durable.redeliver.appendleft(message)
-            durable.has_work.set()
-            raise
-        else:
-            del durable.attempts[message.seq]
+            self._dead(index, event, REASON_MAX_DELIVER, attempt, "delivery limit reached")
+            return None, None
+        return event, rid
 
-    def _undecodable(self, message: _Message, attempt: int, problem: str) -> None:
+    def _undecodable(self, index: int, attempt: int, problem: str) -> None:
         self._bus._logger.error(
             "undecodable event dead-lettered",
-            subject=message.subject,
+            subject=self._bus._subjects[index],
             durable=self._durable.name,
             reason=problem,
         )
-        self._dead(message, None, REASON_UNDECODABLE, attempt, problem)
+        self._dead(index, None, REASON_UNDECODABLE, attempt, problem)
 
-    def _failed(self, message: _Message, event: Event, attempt: int, exc: Exception) -> None:
+    def _failed(self, index: int, event: Event, attempt: int, exc: Exception) -> None:
         durable = self._durable
         logger = self._bus._logger
         if attempt >= self._max_deliver:
@@ -252,7 +242,7 @@ class InMemorySubscription:
                 durable=durable.name,
                 attempt=attempt,
             )
-            self._dead(message, event, REASON_MAX_DELIVER, attempt, describe(exc))
+            self._dead(index, event, REASON_MAX_DELIVER, attempt, describe(exc))
         else:
             logger.warning(
                 "event handler failed; will retry",
@@ -261,20 +251,20 @@ class InMemorySubscription:
                 attempt=attempt,
                 failure=describe(exc),
             )
-            self._bus._redeliver_later(durable, message, backoff_delay(self._backoff, attempt))
+            self._bus._redeliver_later(durable, index, backoff_delay(self._backoff, attempt))
 
-    def _dead(
-        self, message: _Message, event: Event | None, reason: str, attempt: int, error: str
-    ) -> None:
-        self._durable.attempts.pop(message.seq, None)
-        if message.payload is not None:
-            payload, headers = message.payload, dict(message.headers or {})
+    def _dead(self, index: int, event: Event | None, reason: str, attempt: int, error: str) -> None:
+        bus = self._bus
+        self._durable.attempts.pop(index, None)
+        raw = bus._raw.get(index)
+        if raw is not None:
+            payload, headers = raw[0], dict(raw[1])
         else:
             assert event is not None
-            payload, headers = event_codec.encode(event, request_id=message.request_id)
-        self._bus.dead_letters.append(
+            payload, headers = event_codec.encode(event, request_id=bus._rids[index])
+        bus.dead_letters.append(
             DeadLetter(
-                subject=message.subject,
+                subject=bus._subjects[index],
                 durable=self._durable.name,
                 reason=reason,
                 attempts=attempt,
@@ -323,7 +313,12 @@ class InMemoryEventBus:
         self._logger: Logger = logger if logger is not None else NullLogger()
         self._stream = stream
         self._window = float(duplicate_window)
-        self._log: list[_Message] = []
+        # The log, one entry per stored message, as parallel lists (few objects for
+        # the garbage collector to walk); raw messages keep their bytes in _raw.
+        self._subjects: list[str] = []
+        self._events: list[Event | None] = []
+        self._rids: list[str | None] = []
+        self._raw: dict[int, tuple[bytes, dict[str, str], datetime]] = {}
         self._ids: dict[str, tuple[int, float]] = {}
         self._id_expiry: deque[tuple[float, str]] = deque()
         self._durables: dict[str, _Durable] = {}
@@ -393,20 +388,23 @@ class InMemoryEventBus:
         for key, value in (headers or {}).items():
             if key.lower() == event_codec.H_MSG_ID.lower():
                 msg_id = value
-        message = _Message(subject, None, bytes(payload), dict(headers or {}), None)
-        message.stored_at = self._clock.now()
-        return self._append(message, msg_id)
+        ack = self._append(subject, None, None, msg_id)
+        if not ack.duplicate:
+            self._raw[ack.sequence - 1] = (bytes(payload), dict(headers or {}), self._clock.now())
+        return ack
 
     def _store(self, event: Event, subject: str | None, rid: str | None) -> PublishAck:
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         subject = check_publish_subject(event.type if subject is None else subject)
-        return self._append(_Message(subject, event, None, None, rid), event.id)
+        return self._append(subject, event, rid, event.id)
 
-    def _append(self, message: _Message, msg_id: str | None) -> PublishAck:
+    def _append(
+        self, subject: str, event: Event | None, rid: str | None, msg_id: str | None
+    ) -> PublishAck:
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
-        log = self._log
+        subjects = self._subjects
         if msg_id is not None and self._window > 0:
             now = self._clock.monotonic()
             expiry = self._id_expiry
@@ -418,13 +416,14 @@ class InMemoryEventBus:
             if seen is not None:
                 return PublishAck(self._stream, seen[0], True)
             until = now + self._window
-            self._ids[msg_id] = (len(log) + 1, until)
+            self._ids[msg_id] = (len(subjects) + 1, until)
             expiry.append((until, msg_id))
-        log.append(message)
-        message.seq = seq = len(log)
-        if message.event is not None:
-            self.published.append(message.event)
-        subject = message.subject
+        subjects.append(subject)
+        self._events.append(event)
+        self._rids.append(rid)
+        seq = len(subjects)
+        if event is not None:
+            self.published.append(event)
         for durable in self._durables.values():
             if durable.members and durable.matches(subject):
                 durable.has_work.set()
@@ -478,22 +477,22 @@ class InMemoryEventBus:
         group.has_work.set()
         return subscription
 
-    def _redeliver_later(self, durable: _Durable, message: _Message, delay: float) -> None:
+    def _redeliver_later(self, durable: _Durable, index: int, delay: float) -> None:
         if delay <= 0:
-            durable.redeliver.append(message)
+            durable.redeliver.append(index)
             durable.has_work.set()
             return
         durable.delayed += 1
-        timer = asyncio.get_running_loop().create_task(self._timer(durable, message, delay))
+        timer = asyncio.get_running_loop().create_task(self._timer(durable, index, delay))
         self._timers.add(timer)
         timer.add_done_callback(self._timers.discard)
 
-    async def _timer(self, durable: _Durable, message: _Message, delay: float) -> None:
+    async def _timer(self, durable: _Durable, index: int, delay: float) -> None:
         try:
             await self._clock.sleep(delay)
         finally:
             durable.delayed -= 1
-        durable.redeliver.append(message)
+        durable.redeliver.append(index)
         durable.has_work.set()
         self._progress += 1
 

@@ -248,6 +248,47 @@ class TestDecodeErrors:
             event_from_json(b"{")
 
 
+class TestFastDecodePath:
+    """Decoding skips Event's re-checks only when they cannot fail; the result is the same."""
+
+    def test_fast_and_checked_construction_agree(self) -> None:
+        """A decoded event equals one built by the checked constructor, field by field."""
+        event = _event(data={"a": [1, {"b": None}], "c": "ü"})
+        body, headers = encode(event)
+        decoded = decode(body, headers)
+        assert decoded == event
+        assert type(decoded.data) is dict
+        assert (
+            Event(
+                **{
+                    f: getattr(decoded, f)
+                    for f in ("type", "source", "organization_id", "data", "id", "timestamp")
+                }
+            )
+            == decoded
+        )
+
+    def test_deep_nesting_takes_the_checked_path(self) -> None:
+        """More than 64 nested containers: Event's own limit applies (a decode error)."""
+        body = b'{"a":' * 70 + b"1" + b"}" * 70
+        with pytest.raises(EventDecodeError, match="nested too deeply"):
+            decode(body, _headers())
+
+    def test_blank_attribute_takes_the_checked_path(self) -> None:
+        """A blank (percent-encoded space) type is refused by Event's validator."""
+        with pytest.raises(EventDecodeError, match="type must be a non-empty string"):
+            decode(b"{}", _headers(ce_type="%20"))
+
+    def test_default_time_in_another_zone_is_normalised(self) -> None:
+        """A default_time with an offset comes out in UTC."""
+        from datetime import timedelta, timezone
+
+        local = datetime(2030, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+        event = decode(b"{}", _headers(ce_time=None), default_time=local)
+        assert event.timestamp == local
+        assert event.timestamp.tzinfo is UTC
+
+
 class TestStructuredMode:
     """application/cloudevents+json messages are read too."""
 

@@ -1,0 +1,291 @@
+"""Events benchmark: our NATS adapter next to raw nats-py, and the in-memory bus.
+
+    .venv/bin/python bench/events.py            # starts its own nats-server from the wheel
+    NATS_URL=nats://127.0.0.1:4222 .venv/bin/python bench/events.py
+    .venv/bin/python bench/events.py --quick    # smaller runs (a smoke test)
+
+Side by side, in one process, on the same server and the same messages:
+
+- publish + PubAck, sequential: ``NatsPublisher.publish`` vs ``js.publish``
+- pipelined: ``NatsPublisher.publish_many`` vs ``js.publish_async`` + gather
+- consume + ack: ``NatsSubscriber`` (continuous pull) vs a raw pull consumer
+  (``fetch(256)`` + ``ack``) and a raw push consumer (callback + ``ack``)
+- ``InMemoryEventBus``: publish_many to handled
+
+Raw paths get their payloads and headers pre-encoded (our codec's output), so the
+ratios charge our adapter with all of its own work. Each pair runs ``--rounds``
+times alternating sides; the best round of each side is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from adapters import event_codec
+from adapters.memory import InMemoryConfig, InMemoryEventBus
+from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
+from ports.events import Event
+
+_ids = itertools.count()
+Result = tuple[str, float, float | None, float | None]  # name, ours, raw, target ratio
+
+
+def events(n: int, type_: str = "bench.tick") -> list[Event]:
+    """``n`` small events with fresh ids (so dedupe never kicks in)."""
+    return [
+        Event(
+            type=type_,
+            source="bench",
+            organization_id="org-1",
+            id=f"bench-{next(_ids)}",
+            data={"order_id": i, "total": 12.5, "currency": "EUR"},
+        )
+        for i in range(n)
+    ]
+
+
+def encoded(batch: list[Event], prefix: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    out = []
+    for event in batch:
+        body, headers = event_codec.encode(event)
+        out.append((f"{prefix}.{event.type}", body, headers))
+    return out
+
+
+async def timed(work: Callable[[], Awaitable[None]], n: int) -> float:
+    began = time.perf_counter()
+    await work()
+    return n / (time.perf_counter() - began)
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    url = os.environ.get("NATS_URL")
+    if url:
+        yield url
+        return
+    from testing.servers import nats_server
+
+    with nats_server() as srv:
+        yield srv.url
+
+
+async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Result]:
+    config = InMemoryConfig(
+        {
+            "NATS_URL": url,
+            "EVENTS_STREAM": "BENCH",
+            "EVENTS_PREFIX": "bench",
+            "EVENTS_DEAD_PREFIX": "bench-dead",
+        }
+    )
+    conn = NatsConnection.from_config(config)
+    await conn.connect()
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    publisher, subscriber = NatsPublisher(conn), NatsSubscriber(conn)
+    prefix = conn.settings.prefix
+    results: list[Result] = []
+
+    # -- sequential publish + ack -----------------------------------------------------
+    n = sizes["sequential"]
+    ours_best = raw_best = 0.0
+    for _ in range(rounds):
+        batch = events(n)
+
+        async def ours(batch: list[Event] = batch) -> None:
+            for event in batch:
+                await publisher.publish(event)
+
+        ours_best = max(ours_best, await timed(ours, n))
+        messages = encoded(events(n), prefix)
+
+        async def raw(messages: list[tuple[str, bytes, dict[str, str]]] = messages) -> None:
+            for subject, body, headers in messages:
+                await js.publish(subject, body, headers=headers)
+
+        raw_best = max(raw_best, await timed(raw, n))
+    results.append(("publish + ack, sequential", ours_best, raw_best, 0.9))
+
+    # -- pipelined publish ----------------------------------------------------------------
+    n = sizes["pipelined"]
+    ours_best = raw_best = 0.0
+    for _ in range(rounds):
+        batch = events(n)
+
+        async def ours_many(batch: list[Event] = batch) -> None:
+            await publisher.publish_many(batch)
+
+        ours_best = max(ours_best, await timed(ours_many, n))
+        messages = encoded(events(n), prefix)
+
+        async def raw_async(messages: list[tuple[str, bytes, dict[str, str]]] = messages) -> None:
+            futures = [await js.publish_async(s, b, headers=h) for s, b, h in messages]
+            await asyncio.gather(*futures)
+
+        raw_best = max(raw_best, await timed(raw_async, n))
+    results.append(("publish_many vs publish_async", ours_best, raw_best, 1.0))
+
+    # -- consume + ack ------------------------------------------------------------------
+    n = sizes["consume"]
+    ours_best = pull_best = push_best = push_decode_best = 0.0
+    for r in range(rounds):
+        subject = f"consume{r}"
+        await publisher.publish_many(events(n, f"{subject}.tick"))
+        wire = f"{prefix}.{subject}.>"
+
+        async def ours_consume(subject: str = subject, r: int = r) -> None:
+            done = asyncio.Event()
+            count = 0
+
+            async def handler(event: Event) -> None:
+                nonlocal count
+                count += 1
+                if count == n:
+                    done.set()
+
+            sub = await subscriber.subscribe(f"{subject}.>", handler, durable=f"ours{r}")
+            await done.wait()
+            await sub.stop()
+
+        ours_best = max(ours_best, await timed(ours_consume, n))
+
+        async def raw_pull(wire: str = wire, r: int = r) -> None:
+            psub = await js.pull_subscribe(wire, durable=f"pull{r}", stream="BENCH")
+            count = 0
+            while count < n:
+                try:
+                    msgs = await psub.fetch(256, timeout=1)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                count += len(msgs)
+            await psub.unsubscribe()
+
+        pull_best = max(pull_best, await timed(raw_pull, n))
+
+        async def raw_push(wire: str = wire, r: int = r, decode: bool = False) -> None:
+            done = asyncio.Event()
+            count = 0
+
+            async def cb(msg: Msg) -> None:
+                nonlocal count
+                if decode:
+                    event_codec.decode_message(msg.data, msg.headers)
+                await msg.ack()
+                count += 1
+                if count == n:
+                    done.set()
+
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=10_000,
+            )
+            name = f"push{'d' if decode else ''}{r}"
+            sub = await js.subscribe(
+                wire, durable=name, stream="BENCH", cb=cb, manual_ack=True, config=config
+            )
+            await done.wait()
+            await sub.unsubscribe()
+
+        push_best = max(push_best, await timed(raw_push, n))
+
+        async def raw_push_decode(wire: str = wire, r: int = r) -> None:
+            await raw_push(wire, r, decode=True)
+
+        push_decode_best = max(push_decode_best, await timed(raw_push_decode, n))
+    results.append(("consume + ack vs raw pull fetch(256)", ours_best, pull_best, 0.9))
+    results.append(("consume + ack vs raw push callback", ours_best, push_best, 0.9))
+    results.append(("  (info) vs raw push + our decode", ours_best, push_decode_best, None))
+
+    await js.delete_stream("BENCH")
+    await js.delete_stream("BENCH_DEAD")
+    await nc.close()
+    await conn.close()
+    return results
+
+
+async def bench_memory(n: int, rounds: int) -> Result:
+    best = 0.0
+    for _ in range(rounds):
+        best = max(best, await _memory_round(n))
+    return ("InMemoryEventBus publish -> handled", best, None, None)
+
+
+async def _memory_round(n: int) -> float:
+    bus = InMemoryEventBus()
+    done = asyncio.Event()
+    count = 0
+
+    async def handler(event: Event) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    await bus.subscribe("bench.>", handler, durable="mem")
+    batch = events(n)
+
+    async def run() -> None:
+        await bus.publish_many(batch)
+        await done.wait()
+
+    rate = await timed(run, n)
+    await bus.close()
+    return rate
+
+
+def report(results: list[Result], memory_target: float) -> bool:
+    ok = True
+    print(f"\n{'path':40} {'ours msg/s':>12} {'raw msg/s':>12} {'ratio':>7}  target")
+    for name, ours, raw, target in results:
+        if raw is None:
+            met = ours >= memory_target
+            print(
+                f"{name:40} {ours:12,.0f} {'-':>12} {'-':>7}  >= {memory_target:,.0f}/s "
+                f"{'ok' if met else 'MISSED'}"
+            )
+        else:
+            ratio = ours / raw
+            met = target is None or ratio >= target
+            goal = "(no target)" if target is None else f">= {target}x {'ok' if met else 'MISSED'}"
+            print(f"{name:40} {ours:12,.0f} {raw:12,.0f} {ratio:7.2f}  {goal}")
+        ok = ok and met
+    return ok
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small runs, one round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    scale = 10 if args.quick else 1
+    sizes = {"sequential": 3_000 // scale, "pipelined": 30_000 // scale, "consume": 20_000 // scale}
+    began = time.monotonic()
+    with server() as url:
+        results = await bench_nats(url, sizes=sizes, rounds=rounds)
+    results.append(await bench_memory(200_000 // scale, rounds))
+    ok = report(results, memory_target=100_000)
+    print(f"\n(best of {rounds} rounds; {time.monotonic() - began:.0f} s in all)")
+    return 0 if ok or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
