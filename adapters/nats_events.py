@@ -67,7 +67,6 @@ import asyncio
 import contextlib
 import itertools
 import re
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
@@ -890,7 +889,7 @@ class NatsSubscription:
         self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._tracked: dict[str, Msg] = {}
         self._requested = 0
-        self._last_activity = time.monotonic()
+        self._last_activity = connection._clock.monotonic()
         self._check_consumer = False
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
@@ -989,10 +988,10 @@ class NatsSubscription:
     def _on_reconnected(self) -> None:
         self._requested = 0
         self._check_consumer = True
-        self._last_activity = time.monotonic()
+        self._last_activity = self._clock.monotonic()
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_activity = time.monotonic()
+        self._last_activity = self._clock.monotonic()
         if not msg.reply:
             await self._on_status(msg)
             return
@@ -1016,15 +1015,15 @@ class NatsSubscription:
         else:
             self._requested = 0
         description = str(headers.get("Description", ""))
-        if status == "409" and "deleted" in description.lower():
-            self._check_consumer = True
         if status not in ("408", "404"):
             self._logger.debug(
                 "pull status", durable=self._durable, status=status, description=description
             )
-        if status == "503":
+        if status == "503" or (status == "409" and "deleted" in description.lower()):
+            # No responders, or the consumer is gone: the watchdog re-creates it if
+            # needed and pulls again after a heartbeat.
             self._check_consumer = True
-            return  # no responders: the watchdog retries after a heartbeat
+            return
         await self._pull()
 
     async def _watchdog(self) -> None:
@@ -1033,7 +1032,7 @@ class NatsSubscription:
             await self._clock.sleep(self._heartbeat)
             if self._stopping:
                 return
-            silent = time.monotonic() - self._last_activity
+            silent = self._clock.monotonic() - self._last_activity
             if self._requested > 0 and silent > 3 * self._heartbeat:
                 self._requested = 0
                 self._check_consumer = True
@@ -1060,13 +1059,15 @@ class NatsSubscription:
             except nats.js.errors.NotFoundError:
                 await self._connection.ensure_streams()
                 await js.add_consumer(stream, self.consumer_config())
-        self._last_activity = time.monotonic()
+        self._last_activity = self._clock.monotonic()
 
     async def _keepalive(self) -> None:
         """Tell the server that held messages are in progress, every ack_wait / 2."""
         interval = max(0.02, self._ack_wait / 2)
-        while not self._stopping:
+        while True:
             await self._clock.sleep(interval)
+            if self._stopping:
+                return
             for msg in list(self._tracked.values()):
                 try:
                     await msg.in_progress()
