@@ -9,10 +9,9 @@ values, and a value bound inside a task never leaks out of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from types import MappingProxyType
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 __all__ = ["bind_context", "current_context", "request_id", "REQUEST_ID"]
@@ -23,21 +22,39 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: ContextVar[Mapping[str, Any]] = ContextVar("hexinfra_context", default=_EMPTY)
 
 
-@contextmanager
-def bind_context(**values: Any) -> Iterator[Mapping[str, Any]]:
+class bind_context:
     """Add ``values`` to the current context for the ``with`` block.
 
     Nested blocks see the union (inner values win); on exit the previous context
     is restored exactly, also when the block raises. ``None`` values are dropped.
-    Yields the context in force inside the block.
+    The ``with`` target is the context in force inside the block. A class rather
+    than a generator: it sits on every event delivery and every request.
     """
-    merged = {**_context.get(), **{k: v for k, v in values.items() if v is not None}}
-    view = MappingProxyType(merged)
-    token = _context.set(view)
-    try:
-        yield view
-    finally:
-        _context.reset(token)
+
+    __slots__ = ("_token", "_values")
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+        self._token: Token[Mapping[str, Any]] | None = None
+
+    def __enter__(self) -> Mapping[str, Any]:
+        merged = dict(_context.get())
+        for key, value in self._values.items():
+            if value is not None:
+                merged[key] = value
+        view = MappingProxyType(merged)
+        self._token = _context.set(view)
+        return view
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
+            self._token = None
 
 
 def current_context() -> Mapping[str, Any]:

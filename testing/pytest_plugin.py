@@ -23,35 +23,44 @@ from .servers import NatsServer, PostgresServer
 
 __all__ = ["postgres_url", "nats_url"]
 
-_started: dict[str, float] = {}
+# Start-up times of this session's ephemeral servers, kept on the session's config so
+# that a nested in-process pytest run (pytester) has its own.
+_STARTED = pytest.StashKey[dict[str, float]]()
+
+
+def _started(config: pytest.Config) -> dict[str, float]:
+    return config.stash.setdefault(_STARTED, {})
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """URL of a real PostgreSQL for the session (``DATABASE_URL`` or ephemeral)."""
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
     with PostgresServer() as server:
-        _started["postgres"] = server.start_seconds or 0.0
+        _started(pytestconfig)["postgres"] = server.start_seconds or 0.0
         yield server.url
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> Iterator[str]:
+def nats_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """URL of a real NATS server with JetStream for the session (``NATS_URL`` or ephemeral)."""
     url = os.environ.get("NATS_URL")
     if url:
         yield url
         return
     with NatsServer(jetstream=True) as server:
-        _started["nats"] = server.start_seconds or 0.0
+        _started(pytestconfig)["nats"] = server.start_seconds or 0.0
         yield server.url
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     """Report how long each ephemeral server took to start."""
-    if _started:
-        figures = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in _started.items())
+    started = _started(config)
+    if started:
+        figures = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in started.items())
         terminalreporter.write_line(f"hexinfra ephemeral servers started in: {figures}")
