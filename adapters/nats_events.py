@@ -67,6 +67,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
@@ -851,6 +852,57 @@ class NatsPublisher:
         return await self._connection.publish_messages(messages)
 
 
+class _Handoff:
+    """The FIFO from the pull inbox to the worker tasks: the part of
+    :class:`asyncio.Queue` the subscription uses (``put_nowait``, ``get_nowait``,
+    ``get``, ``empty``; unbounded), without its size and join bookkeeping. It sits
+    on every delivery."""
+
+    __slots__ = ("_getters", "_items")
+
+    def __init__(self) -> None:
+        self._items: deque[Msg | None] = deque()
+        self._getters: deque[asyncio.Future[None]] = deque()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Msg | None) -> None:
+        self._items.append(item)
+        if self._getters:
+            self._wake_next()
+
+    def get_nowait(self) -> Msg | None:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Msg | None:
+        items = self._items
+        while not items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()  # in case it is still waiting
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if items and not getter.cancelled():
+                    # Woken, then cancelled before taking the item: pass the wake-up on.
+                    self._wake_next()
+                raise
+        return items.popleft()
+
+    def _wake_next(self) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
 class NatsSubscription:
     """A running subscription: a durable pull consumer fed continuously (the
     :class:`ports.events.Subscription` port)."""
@@ -886,7 +938,7 @@ class NatsSubscription:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{durable}"
         self._inbox = ""
         self._sub: NatsSubscription_ | None = None
-        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._queue = _Handoff()
         self._tracked: dict[str, Msg] = {}
         self._requested = 0
         self._last_activity = connection._clock.monotonic()
@@ -1095,9 +1147,18 @@ class NatsSubscription:
                 await self._pull()
 
     async def _process(self, msg: Msg) -> None:
-        attempt, stored_at = _reply_info(msg.reply)
+        reply = msg.reply
+        attempt = _attempt(reply)
         try:
-            decoded = event_codec.decode_message(msg.data, msg.headers, default_time=stored_at)
+            try:
+                decoded = event_codec.decode_message(msg.data, msg.headers)
+            except event_codec.EventDecodeError:
+                # The broker's storage time stands in for a missing ce-time. Decoding
+                # is pure, so any other problem recurs; building the datetime only
+                # here saves it on every well-formed event.
+                decoded = event_codec.decode_message(
+                    msg.data, msg.headers, default_time=_reply_info(reply)[1]
+                )
         except event_codec.EventDecodeError as exc:
             await self._undecodable(msg, attempt, exc.message)
             return
@@ -1254,6 +1315,12 @@ class NatsSubscription:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._connection._unregister(self)
+
+
+def _attempt(reply: str) -> int:
+    """The delivery count from a JetStream ack subject (see :func:`_reply_info`)."""
+    tokens = reply.split(".")
+    return int(tokens[4 if len(tokens) == 9 else 6])
 
 
 def _reply_info(reply: str) -> tuple[int, datetime]:

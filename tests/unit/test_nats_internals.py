@@ -21,6 +21,7 @@ from adapters.nats_events import (
     NatsSettings,
     NatsSubscription,
     _AckError,
+    _Handoff,
     _is_retryable,
     _NoResponders,
     _reply_info,
@@ -512,3 +513,64 @@ def test_reply_info_reads_both_ack_subject_forms() -> None:
     when = datetime(2030, 1, 1, tzinfo=UTC)
     assert _reply_info(v1) == (3, when)
     assert _reply_info(v2) == (4, when)
+
+
+async def test_missing_time_falls_back_to_the_storage_time() -> None:
+    """An event without ce-time gets the broker's storage time (from the ack subject);
+    one that still does not decode is dead-lettered as undecodable."""
+    connection = _connection()
+    seen: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(event)
+
+    sub = _subscription(connection, handler)
+    body, headers = event_codec.encode(EVENT)
+    untimed = {k: v for k, v in headers.items() if k.lower() != event_codec.H_TIME}
+    msg = FakeMsg(data=body, headers=untimed)
+    await sub._process(msg)  # type: ignore[arg-type]
+    assert [e.timestamp for e in seen] == [datetime(2030, 1, 1, tzinfo=UTC)]
+    assert msg.calls == [("ack", None)]
+
+    stored: list[dict[str, str]] = []
+
+    async def publish_message(subject: str, body: bytes, headers: dict[str, str]) -> Any:
+        stored.append(headers)
+        return PublishAck("S_DEAD", 1)
+
+    connection.publish_message = publish_message  # type: ignore[method-assign]
+    broken = {k: v for k, v in untimed.items() if k.lower() != event_codec.H_TYPE}
+    bad = FakeMsg(data=body, headers=broken)
+    await sub._process(bad)  # type: ignore[arg-type]
+    assert len(seen) == 1
+    assert stored[0]["Dead-Letter-Reason"] == "undecodable"
+    assert bad.calls == [("term", None)]
+
+
+async def test_handoff_is_fifo_and_survives_cancelled_getters() -> None:
+    """Items come out in order; a getter cancelled while waiting, or after being
+    woken, does not swallow an item or a wake-up."""
+    handoff = _Handoff()
+    assert handoff.empty()
+    with pytest.raises(asyncio.QueueEmpty):
+        handoff.get_nowait()
+    handoff.put_nowait(None)
+    assert not handoff.empty()
+    assert handoff.get_nowait() is None
+
+    waiting = asyncio.ensure_future(handoff.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    first = asyncio.ensure_future(handoff.get())
+    second = asyncio.ensure_future(handoff.get())
+    await asyncio.sleep(0)
+    msg = FakeMsg()
+    handoff.put_nowait(msg)  # type: ignore[arg-type]
+    first.cancel()  # woken, then cancelled before it could take the item
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 1) is msg
+    assert handoff.empty()
