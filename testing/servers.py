@@ -166,8 +166,34 @@ class _Process:
             self._log_file = None
 
 
-class _Server:
-    """Shared lifecycle: temp dir ownership, context manager, restart."""
+class _Managed:
+    """``with`` starts, and the end of the block closes, also when start fails half way."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Server(_Managed):
+    """Shared lifecycle: temp dir ownership, restart, log tail."""
 
     name = "server"
 
@@ -187,9 +213,6 @@ class _Server:
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._process.running
-
-    def start(self) -> None:
-        raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -212,22 +235,6 @@ class _Server:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _postgres_bin_dir() -> Path:
@@ -507,7 +514,7 @@ class NatsServer(_Server):
         self._process.stop(signal.SIGTERM, grace=10)
 
 
-class NatsCluster:
+class NatsCluster(_Managed):
     """A JetStream cluster of ``size`` nodes on loopback, each with its own store.
 
     ``nodes[i].stop()`` / ``kill()`` / ``start()`` take one node away and back.
@@ -562,22 +569,6 @@ class NatsCluster:
         """Stop every node and remove the cluster's directory. Idempotent."""
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from ports.context import current_context
 from ports.events import Event, Reject
 from testing.fakes import RecordingLogger
 from testing.servers import NatsServer, free_port, nats_server
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -400,10 +400,7 @@ class TestConsuming:
                 return False
             return True
 
-        for _ in range(200):
-            if await consumer_back():
-                break
-            await asyncio.sleep(0.02)
+        await wait_until_async(consumer_back, timeout=10, what="consumer re-created")
         await NatsPublisher(connection).publish(_event(5))
         await wait_until(lambda: seen == [5], what="event after the stream came back")
         await sub.stop()
