@@ -68,7 +68,7 @@ import contextlib
 import itertools
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
 
@@ -315,6 +315,143 @@ class _NoResponders(nats.errors.NoRespondersError):
     """No stream captures the subject (yet): JetStream restarting, or stream gone."""
 
 
+# A delivery's lane callback: (subject, reply, payload, raw header block) -> None, or
+# an awaitable to wait on before the client reads the next message.
+_Lane = Callable[[bytes, bytes, bytes, bytes | None], Awaitable[None] | None]
+
+
+class _Client(NatsClient):
+    """nats-py's client with direct lanes (ADR 0022): messages for a subscription id
+    that has a lane go to it as the protocol parser read them, skipping the client's
+    header parsing, its ``Msg`` object and the subscription's queue and task. Every
+    other message takes nats-py's own path unchanged. Lanes are read by overriding
+    ``Client._process_msg`` (the parser's one entry point since nats-py 2.0; the
+    integration tests fail if it ever moves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lanes: dict[int, _Lane] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        lane = self.lanes.get(sid)
+        if lane is None:
+            # nats-py annotates ``headers`` as bytes; its parser passes None without headers.
+            await super()._process_msg(sid, subject, reply, data, cast(bytes, headers))
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        pending = lane(subject, reply, data, headers)
+        if pending is not None:
+            await pending
+
+
+_SPACE: Final = re.compile(r"\s")
+_VERSION_LINE: Final = b"NATS/1.0"
+
+
+def _header_lines(lines: bytes, *, lower: bool = False) -> dict[str, str]:
+    """The headers in the lines of a NATS header block (what follows its
+    ``NATS/1.0`` line), read exactly as nats-py reads them
+    (``Client._parse_header_lines``: the last of a repeated name wins; names with
+    whitespace or non-ASCII bytes are skipped; values are stripped and decoded as
+    UTF-8 with replacement), with names lower-cased if ``lower``."""
+    out: dict[str, str] = {}
+    if lines.isascii():
+        text = lines.decode("ascii")
+        if text.replace("\r\n", "").isprintable():
+            # The usual block: no control characters, so the only whitespace is the
+            # space, which str.strip and bytes.strip treat alike.
+            for line in text.split("\r\n"):
+                name, sep, value = line.partition(":")
+                if sep:
+                    if " " in name:
+                        name = name.strip()
+                        if " " in name:
+                            continue
+                    out[name.lower() if lower else name] = value.strip()
+            return out
+    for line_b in lines.split(b"\r\n"):
+        name_b, sep_b, value_b = line_b.partition(b":")
+        if not sep_b:
+            continue
+        try:
+            key = name_b.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _SPACE.search(key) is None:
+            out[key.lower() if lower else key] = value_b.strip().decode("utf-8", "replace")
+    return out
+
+
+def _status_of(raw: bytes | None) -> tuple[str, str, dict[str, str]]:
+    """Status code, description and headers of a status message
+    (``NATS/1.0 408 Request Timeout\\r\\nNats-Pending-Messages: 3\\r\\n\\r\\n``)."""
+    if not raw:
+        return "", "", {}
+    line, _, rest = raw.partition(b"\r\n")
+    status = line[len(_VERSION_LINE) :].decode("utf-8", "replace").strip()
+    code, _, description = status.partition(" ")
+    return code, description.strip(), _header_lines(rest)
+
+
+_NAK: Final = Msg.Ack.Nak
+_TERM: Final = Msg.Ack.Term
+_PROGRESS: Final = Msg.Ack.Progress
+
+
+class _Delivery:
+    """A JetStream delivery as it came off the wire, with the acknowledgements a
+    subscription sends besides the ack (the same payloads nats-py's ``Msg`` sends;
+    the ack, an empty message to the reply subject, is sent inline). Headers are
+    parsed only when asked for."""
+
+    __slots__ = ("_nc", "_subject", "data", "raw_headers", "reply")
+
+    def __init__(
+        self, nc: NatsClient, subject: bytes, reply: str, data: bytes, raw_headers: bytes | None
+    ) -> None:
+        self._nc = nc
+        self._subject = subject
+        self.reply = reply
+        self.data = data
+        self.raw_headers = raw_headers
+
+    @property
+    def subject(self) -> str:
+        """The subject the message was published to."""
+        return self._subject.decode()
+
+    def lowered_headers(self) -> dict[str, str]:
+        """The headers, names in lower case (what the event codec reads)."""
+        raw = self.raw_headers
+        return _header_lines(raw[len(_VERSION_LINE) + 2 :], lower=True) if raw else {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers as sent (names in their own case)."""
+        raw = self.raw_headers
+        return _header_lines(raw[len(_VERSION_LINE) + 2 :]) if raw else {}
+
+    @property
+    def stream_sequence(self) -> int:
+        """The message's sequence in the stream (from the ack subject)."""
+        tokens = self.reply.split(".")
+        return int(tokens[5 if len(tokens) == 9 else 7])
+
+    async def nak(self, delay: float | None = None) -> None:
+        payload = _NAK if not delay else _NAK + b' {"delay":%d}' % int(delay * 1e9)
+        await self._nc.publish(self.reply, payload)
+
+    async def term(self) -> None:
+        await self._nc.publish(self.reply, _TERM)
+
+    async def in_progress(self) -> None:
+        await self._nc.publish(self.reply, _PROGRESS)
+
+
 class NatsConnection:
     """One NATS connection with JetStream, shared by a publisher and a subscriber.
 
@@ -409,11 +546,13 @@ class NatsConnection:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    self._nc = await nats.connect(
+                    client = _Client()
+                    await client.connect(
                         servers=s.servers,
                         name=s.name,
                         connect_timeout=max(1, round(s.connect_timeout)),
-                        reconnect_time_wait=s.reconnect_wait,
+                        # Annotated int by nats-py, used as asyncio.sleep's delay.
+                        reconnect_time_wait=s.reconnect_wait,  # type: ignore[arg-type]
                         # nats-py loops forever on a first connect when this is -1:
                         # tenacity owns first-connect retries, see below.
                         max_reconnect_attempts=1,
@@ -424,6 +563,7 @@ class NatsConnection:
                         closed_cb=self._on_closed,
                         drain_timeout=30,
                     )
+                    self._nc = client
         except Exception as exc:
             self._state = "new"
             raise ServiceUnavailable(
@@ -861,23 +1001,23 @@ class _Handoff:
     __slots__ = ("_getters", "_items")
 
     def __init__(self) -> None:
-        self._items: deque[Msg | None] = deque()
+        self._items: deque[_Delivery | None] = deque()
         self._getters: deque[asyncio.Future[None]] = deque()
 
     def empty(self) -> bool:
         return not self._items
 
-    def put_nowait(self, item: Msg | None) -> None:
+    def put_nowait(self, item: _Delivery | None) -> None:
         self._items.append(item)
         if self._getters:
             self._wake_next()
 
-    def get_nowait(self) -> Msg | None:
+    def get_nowait(self) -> _Delivery | None:
         if not self._items:
             raise asyncio.QueueEmpty
         return self._items.popleft()
 
-    async def get(self) -> Msg | None:
+    async def get(self) -> _Delivery | None:
         items = self._items
         while not items:
             getter = asyncio.get_running_loop().create_future()
@@ -937,11 +1077,13 @@ class NatsSubscription:
         self._heartbeat = max(0.05, s.pull_expires / 5)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{durable}"
         self._inbox = ""
+        self._client: NatsClient | None = None
         self._sub: NatsSubscription_ | None = None
         self._queue = _Handoff()
-        self._tracked: dict[str, Msg] = {}
+        self._tracked: dict[str, _Delivery] = {}
         self._requested = 0
-        self._last_activity = connection._clock.monotonic()
+        self._heard = 0  # messages heard on the inbox (deliveries and statuses)
+        self._quiet = 0  # watchdog ticks in a row without one
         self._check_consumer = False
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
@@ -997,11 +1139,16 @@ class NatsSubscription:
             await js.add_consumer(stream, self.consumer_config())
 
     async def start(self) -> None:
-        """Subscribe the pull inbox, start the workers and the first pull."""
+        """Subscribe the pull inbox (on a direct lane), start the workers and the first
+        pull."""
         nc = self._connection.client
+        if not isinstance(nc, _Client):
+            raise ConfigurationError("NatsSubscription needs a client made by NatsConnection")
         loop = asyncio.get_running_loop()
+        self._client = nc
         self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self._inbox, cb=self._on_msg)
+        self._sub = await nc.subscribe(self._inbox)
+        nc.lanes[self._sub._id] = self._on_raw
         self._workers = [
             loop.create_task(self._work(), name=f"events:{self._durable}:{i}")
             for i in range(self._concurrency)
@@ -1040,25 +1187,33 @@ class NatsSubscription:
     def _on_reconnected(self) -> None:
         self._requested = 0
         self._check_consumer = True
-        self._last_activity = self._clock.monotonic()
+        self._quiet = 0
 
-    async def _on_msg(self, msg: Msg) -> None:
-        self._last_activity = self._clock.monotonic()
-        if not msg.reply:
-            await self._on_status(msg)
-            return
+    def _on_raw(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> Awaitable[None] | None:
+        """The inbox's lane: a delivery goes to the workers without an await; a
+        status message (no reply subject) is handled before the next message."""
+        self._heard += 1
+        if not reply:
+            return self._on_status(headers)
         if self._requested > 0:
             self._requested -= 1
+        assert self._client is not None
+        msg = _Delivery(self._client, subject, reply.decode(), data, headers)
         if self._stopping:
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            return
+            return self._release(msg)
         self._tracked[msg.reply] = msg
         self._queue.put_nowait(msg)
+        return None
 
-    async def _on_status(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get(_STATUS, "")
+    @staticmethod
+    async def _release(msg: _Delivery) -> None:
+        with contextlib.suppress(Exception):
+            await msg.nak()
+
+    async def _on_status(self, raw: bytes | None) -> None:
+        status, description, headers = _status_of(raw)
         if status == "100":
             return  # idle heartbeat: the pull is alive
         pending = headers.get(_PENDING_MSGS)
@@ -1066,7 +1221,6 @@ class NatsSubscription:
             self._requested = max(0, self._requested - int(pending))
         else:
             self._requested = 0
-        description = str(headers.get("Description", ""))
         if status not in ("408", "404"):
             self._logger.debug(
                 "pull status", durable=self._durable, status=status, description=description
@@ -1080,12 +1234,17 @@ class NatsSubscription:
 
     async def _watchdog(self) -> None:
         """Re-issue a lost pull (no heartbeat) and re-create a lost consumer."""
+        heard = self._heard
         while True:
             await self._clock.sleep(self._heartbeat)
             if self._stopping:
                 return
-            silent = self._clock.monotonic() - self._last_activity
-            if self._requested > 0 and silent > 3 * self._heartbeat:
+            # Counting ticks, not reading the clock, keeps the per-message cost an add.
+            if self._heard != heard:
+                heard, self._quiet = self._heard, 0
+            else:
+                self._quiet += 1
+            if self._requested > 0 and self._quiet > 3:
                 self._requested = 0
                 self._check_consumer = True
             if self._check_consumer and self._connection.connected:
@@ -1111,7 +1270,7 @@ class NatsSubscription:
             except nats.js.errors.NotFoundError:
                 await self._connection.ensure_streams()
                 await js.add_consumer(stream, self.consumer_config())
-        self._last_activity = self._clock.monotonic()
+        self._quiet = 0
 
     async def _keepalive(self) -> None:
         """Tell the server that held messages are in progress, every ack_wait / 2."""
@@ -1146,18 +1305,19 @@ class NatsSubscription:
             if self._batch - self._requested - len(tracked) >= self._batch // 2:
                 await self._pull()
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: _Delivery) -> None:
         reply = msg.reply
         attempt = _attempt(reply)
+        headers = msg.lowered_headers()
         try:
             try:
-                decoded = event_codec.decode_message(msg.data, msg.headers)
+                decoded = event_codec.decode_message(msg.data, headers, lowered=True)
             except event_codec.EventDecodeError:
                 # The broker's storage time stands in for a missing ce-time. Decoding
                 # is pure, so any other problem recurs; building the datetime only
                 # here saves it on every well-formed event.
                 decoded = event_codec.decode_message(
-                    msg.data, msg.headers, default_time=_reply_info(reply)[1]
+                    msg.data, headers, lowered=True, default_time=_reply_info(reply)[1]
                 )
         except event_codec.EventDecodeError as exc:
             await self._undecodable(msg, attempt, exc.message)
@@ -1186,7 +1346,7 @@ class NatsSubscription:
             raise
         else:
             try:
-                await msg.ack()
+                await msg._nc.publish(reply, b"")  # msg.ack(), one call fewer
             except Exception as exc:
                 self._logger.warning(
                     "ack not sent; the event will be redelivered",
@@ -1194,7 +1354,7 @@ class NatsSubscription:
                     reason=_reason(exc),
                 )
 
-    async def _undecodable(self, msg: Msg, attempt: int, problem: str) -> None:
+    async def _undecodable(self, msg: _Delivery, attempt: int, problem: str) -> None:
         self._logger.error(
             "undecodable event dead-lettered",
             subject=msg.subject,
@@ -1203,7 +1363,7 @@ class NatsSubscription:
         )
         await self._dead_letter(msg, REASON_UNDECODABLE, attempt, problem)
 
-    async def _failed(self, msg: Msg, event: Event, attempt: int, exc: Exception) -> None:
+    async def _failed(self, msg: _Delivery, event: Event, attempt: int, exc: Exception) -> None:
         if attempt >= self._max_deliver:
             self._logger.error(
                 "event handler failed for the last time; dead-lettered",
@@ -1228,11 +1388,11 @@ class NatsSubscription:
         except Exception as nak_exc:
             self._logger.warning("nak not sent", event_id=event.id, reason=_reason(nak_exc))
 
-    async def _dead_letter(self, msg: Msg, reason: str, attempts: int, error: str) -> None:
+    async def _dead_letter(self, msg: _Delivery, reason: str, attempts: int, error: str) -> None:
         connection = self._connection
         s = connection.settings
         subject = msg.subject[self._prefix_len :]
-        headers = dict(msg.headers or {})
+        headers = msg.headers
         original_id = None
         for key in list(headers):
             if key.lower() == event_codec.H_MSG_ID.lower():
@@ -1247,7 +1407,7 @@ class NatsSubscription:
                 H_DEAD_ATTEMPTS: str(attempts),
                 H_DEAD_ERROR: event_codec.header_value(error),
                 # Dedupe the dead letter itself: once per (durable, stream sequence).
-                event_codec.H_MSG_ID: f"{self._durable}:{msg.metadata.sequence.stream}",
+                event_codec.H_MSG_ID: f"{self._durable}:{msg.stream_sequence}",
             }
         )
         try:
@@ -1294,7 +1454,9 @@ class NatsSubscription:
             except Exception:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        released: list[Msg] = []
+        if sub is not None and isinstance(self._client, _Client):
+            self._client.lanes.pop(sub._id, None)
+        released: list[_Delivery] = []
         while not self._queue.empty():
             msg = self._queue.get_nowait()
             if msg is not None:

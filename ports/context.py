@@ -38,11 +38,11 @@ class bind_context:
         self._token: Token[Mapping[str, Any]] | None = None
 
     def __enter__(self) -> Mapping[str, Any]:
-        merged = dict(_context.get())
-        for key, value in self._values.items():
-            if value is not None:
-                merged[key] = value
-        view = MappingProxyType(merged)
+        current = _context.get()
+        values = self._values  # a fresh dict: ``**values`` made it for this instance
+        if None in values.values():
+            values = {key: value for key, value in values.items() if value is not None}
+        view = MappingProxyType({**current, **values} if current else values)
         self._token = _context.set(view)
         return view
 

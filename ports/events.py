@@ -209,7 +209,7 @@ def parse_timestamp(value: Any) -> datetime:
         raise BadRequest(
             "event timestamp must be timezone-aware (UTC)", details={"field": "timestamp"}
         )
-    return parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 @attrs.frozen

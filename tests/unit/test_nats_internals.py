@@ -14,6 +14,9 @@ import nats.errors
 import nats.js.errors
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from nats.aio.client import Client
 
 from adapters import event_codec
 from adapters.nats_events import (
@@ -21,74 +24,89 @@ from adapters.nats_events import (
     NatsSettings,
     NatsSubscription,
     _AckError,
+    _Delivery,
     _Handoff,
+    _header_lines,
     _is_retryable,
     _NoResponders,
     _reply_info,
+    _status_of,
 )
 from domain_errors import ServiceUnavailable
 from ports.events import Event, PublishAck, Reject
 from testing.fakes import FakeClock, RecordingLogger
+from testing.strategies import event_texts, events
 
 EVENT = Event(type="orders.placed", source="t", organization_id="o", data={"n": 1})
 
 
-class FakeMsg:
-    """A JetStream message whose ack/nak/term/in_progress can be made to fail."""
+_ACK_KINDS = {b"": "ack", b"+TERM": "term", b"+WPI": "in_progress"}
+
+
+def _ack_kind(payload: bytes) -> tuple[str, float | None]:
+    """An acknowledgement payload as (kind, nak delay in seconds)."""
+    if payload.startswith(b"-NAK"):
+        extra = payload[len(b"-NAK") :].strip()
+        return ("nak", orjson.loads(extra)["delay"] / 1e9 if extra else None)
+    return (_ACK_KINDS.get(payload, payload.decode()), None)
+
+
+class FakeClient:
+    """Just enough of a nats-py client for pulls, acks and stops: records what is
+    published; publishing fails with ``publish_error``, or for the ack kinds in
+    ``failing`` (recorded first, like a send that was tried)."""
 
     def __init__(
         self,
         *,
-        delivered: int = 1,
-        data: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        connected: bool = True,
+        publish_error: Exception | None = None,
         failing: tuple[str, ...] = (),
-        reply: str | None = None,
     ) -> None:
-        body, hdrs = event_codec.encode(EVENT)
-        self.data = body if data is None else data
-        self.headers = hdrs if headers is None else headers
-        self.subject = "evt.orders.placed"
-        self.reply = (
-            f"$JS.ACK.S.d.{delivered}.7.7.1893456000000000000.0" if reply is None else reply
-        )
-        self.calls: list[tuple[str, Any]] = []
-        self._failing = failing
-        self.metadata = SimpleNamespace(
-            sequence=SimpleNamespace(stream=7), timestamp=datetime(2030, 1, 1, tzinfo=UTC)
-        )
-
-    async def _do(self, name: str, arg: Any = None) -> None:
-        self.calls.append((name, arg))
-        if name in self._failing:
-            raise nats.errors.ConnectionClosedError
-
-    async def ack(self) -> None:
-        await self._do("ack")
-
-    async def nak(self, delay: float | None = None) -> None:
-        await self._do("nak", delay)
-
-    async def term(self) -> None:
-        await self._do("term")
-
-    async def in_progress(self) -> None:
-        await self._do("in_progress")
-
-
-class FakeClient:
-    """Just enough of a nats-py client for pulls and stops."""
-
-    def __init__(self, *, connected: bool = True, publish_error: Exception | None = None) -> None:
         self.is_connected = connected
         self.is_closed = False
         self.published: list[tuple[str, bytes]] = []
         self._error = publish_error
+        self._failing = failing
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         if self._error is not None:
             raise self._error
         self.published.append((subject, payload))
+        if _ack_kind(payload)[0] in self._failing:
+            raise nats.errors.ConnectionClosedError
+
+
+def header_block(headers: dict[str, str]) -> bytes:
+    """Headers as nats-py writes them on the wire."""
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+def delivery(
+    *,
+    delivered: int = 1,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    failing: tuple[str, ...] = (),
+    reply: str | None = None,
+) -> _Delivery:
+    """A JetStream delivery of EVENT as it comes off the wire, on its own
+    recording client (whose acks can be made to fail)."""
+    body, hdrs = event_codec.encode(EVENT)
+    return _Delivery(
+        FakeClient(failing=failing),
+        b"evt.orders.placed",
+        f"$JS.ACK.S.d.{delivered}.7.7.1893456000000000000.0" if reply is None else reply,
+        body if data is None else data,
+        header_block(hdrs if headers is None else headers),
+    )
+
+
+def acks(msg: _Delivery) -> list[tuple[str, float | None]]:
+    """The acknowledgements sent for ``msg``, in order."""
+    client = msg._nc
+    return [_ack_kind(payload) for subject, payload in client.published if subject == msg.reply]
 
 
 def _connection(clock: FakeClock | None = None, **settings: Any) -> NatsConnection:
@@ -147,8 +165,8 @@ class TestHandlingFailures:
             called.append(event)
 
         sub = _subscription(connection, handler)
-        msg = FakeMsg(delivered=4)
-        await sub._process(msg)  # type: ignore[arg-type]
+        msg = delivery(delivered=4)
+        await sub._process(msg)
         assert called == []
         [(subject, headers)] = stored
         assert subject == "dead.d.orders.placed"
@@ -156,15 +174,15 @@ class TestHandlingFailures:
         assert headers["Dead-Letter-Attempts"] == "4"
         assert headers["Nats-Msg-Id"] == "d:7"
         assert headers["Dead-Letter-Msg-Id"] == EVENT.id
-        assert msg.calls == [("term", None)]
+        assert acks(msg) == [("term", None)]
         assert sub.subject == "orders.>"
 
     async def test_ack_that_cannot_be_sent_is_logged(self) -> None:
         """A failed ack is a warning: the event will simply come again."""
         connection = _connection()
         sub = _subscription(connection)
-        msg = FakeMsg(failing=("ack",))
-        await sub._process(msg)  # type: ignore[arg-type]
+        msg = delivery(failing=("ack",))
+        await sub._process(msg)
         _logger(connection).assert_logged(
             "ack not sent; the event will be redelivered", level="warning"
         )
@@ -177,9 +195,9 @@ class TestHandlingFailures:
             raise RuntimeError("x")
 
         sub = _subscription(connection, fail)
-        msg = FakeMsg(failing=("nak",))
-        await sub._process(msg)  # type: ignore[arg-type]
-        assert msg.calls == [("nak", 0.5)]
+        msg = delivery(failing=("nak",))
+        await sub._process(msg)
+        assert acks(msg) == [("nak", 0.5)]
         _logger(connection).assert_logged("nak not sent", level="warning")
 
     async def test_zero_backoff_naks_without_delay(self) -> None:
@@ -190,9 +208,9 @@ class TestHandlingFailures:
             raise RuntimeError("x")
 
         sub = _subscription(connection, fail, backoff=(0.0,))
-        msg = FakeMsg()
-        await sub._process(msg)  # type: ignore[arg-type]
-        assert msg.calls == [("nak", None)]
+        msg = delivery()
+        await sub._process(msg)
+        assert acks(msg) == [("nak", None)]
 
     async def test_dead_letter_that_cannot_be_stored_comes_back(self) -> None:
         """If the dead-letter stream refuses, the event is nak'ed (with the longest
@@ -208,9 +226,9 @@ class TestHandlingFailures:
             raise Reject("no")
 
         sub = _subscription(connection, reject)
-        msg = FakeMsg()
-        await sub._process(msg)  # type: ignore[arg-type]
-        assert msg.calls == [("nak", 2.0)]
+        msg = delivery()
+        await sub._process(msg)
+        assert acks(msg) == [("nak", 2.0)]
         _logger(connection).assert_logged(
             "dead letter not stored; the event will come back", level="error"
         )
@@ -223,13 +241,13 @@ class TestHandlingFailures:
             await asyncio.Event().wait()
 
         sub = _subscription(connection, hang)
-        msg = FakeMsg()
-        task = asyncio.ensure_future(sub._process(msg))  # type: ignore[arg-type]
+        msg = delivery()
+        task = asyncio.ensure_future(sub._process(msg))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert msg.calls == [("nak", None)]
+        assert acks(msg) == [("nak", None)]
 
 
 class TestPulling:
@@ -243,26 +261,32 @@ class TestPulling:
         connection._nc = client  # type: ignore[assignment]
         sub = _subscription(connection)
 
-        def status(code: str, **headers: str) -> Any:
-            return SimpleNamespace(reply="", headers={"Status": code, **headers}, data=b"")
+        async def status(line: str, **headers: str) -> None:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            pending = sub._on_raw(b"_INBOX.x", b"", b"", f"NATS/1.0 {line}\r\n{head}\r\n".encode())
+            assert pending is not None  # a status is handled before the next message
+            await pending
 
         sub._requested = 100
-        await sub._on_msg(status("100"))
+        await status("100 Idle Heartbeat", **{"Nats-Last-Consumer": "1", "Nats-Last-Stream": "1"})
         assert sub._requested == 100
-        await sub._on_msg(status("408", **{"Nats-Pending-Messages": "30"}))
+        await status("408 Request Timeout", **{"Nats-Pending-Messages": "30"})
         assert sub._requested == 70
-        await sub._on_msg(status("409", Description="Consumer Deleted"))
+        await status("409 Consumer Deleted")
         assert sub._check_consumer
         sub._check_consumer = False
-        await sub._on_msg(status("503"))
+        await status("503")
         assert sub._check_consumer
         assert sub._requested == 0
         assert client.published == []  # both: the watchdog pulls again later
-        await sub._on_msg(status("400", Description="Bad Request"))
+        await status("400 Bad Request")
         assert sub._requested == sub._batch
         request = orjson.loads(client.published[-1][1])
         assert request["batch"] == sub._batch
         assert client.published[-1][0] == "$JS.API.CONSUMER.MSG.NEXT.EVENTS.d"
+        _logger(connection).assert_logged(
+            "pull status", level="debug", status="400", description="Bad Request"
+        )
 
     async def test_pull_needs_a_connection(self) -> None:
         """No pull is sent while disconnected; a pull that cannot be sent resets the
@@ -282,12 +306,18 @@ class TestPulling:
     async def test_message_arriving_after_stop_is_released(self) -> None:
         """A message that arrives once stopping began is nak'ed at once."""
         sub = _subscription(_connection())
+        client = FakeClient()
+        sub._client = client  # type: ignore[assignment]
         sub._stopping = True
         sub._requested = 1
-        msg = FakeMsg()
-        await sub._on_msg(msg)  # type: ignore[arg-type]
-        assert msg.calls == [("nak", None)]
+        block = header_block(event_codec.encode(EVENT)[1])
+        reply = b"$JS.ACK.S.d.1.7.7.1893456000000000000.0"
+        pending = sub._on_raw(b"evt.orders.placed", reply, b"{}", block)
+        assert pending is not None
+        await pending
+        assert client.published == [(reply.decode(), b"-NAK")]
         assert sub._requested == 0
+        assert sub._tracked == {}
 
     async def test_watchdog_notices_a_silent_pull(self) -> None:
         """With credit out and nothing heard for 3 heartbeats, the watchdog drops the
@@ -323,8 +353,8 @@ class TestPulling:
         """+WPI is sent for held messages every ack_wait/2; a failure is only logged."""
         clock = FakeClock()
         sub = _subscription(_connection(clock))
-        good, bad = FakeMsg(reply="r1"), FakeMsg(reply="r2", failing=("in_progress",))
-        sub._tracked = {"r1": good, "r2": bad}  # type: ignore[dict-item]
+        good, bad = delivery(reply="r1"), delivery(reply="r2", failing=("in_progress",))
+        sub._tracked = {"r1": good, "r2": bad}
         keepalive = asyncio.ensure_future(sub._keepalive())
         await asyncio.sleep(0)
         clock.advance(0.5)
@@ -332,8 +362,8 @@ class TestPulling:
         sub._stopping = True
         clock.advance(0.5)
         await keepalive
-        assert good.calls == [("in_progress", None)]
-        assert bad.calls == [("in_progress", None)]
+        assert acks(good) == [("in_progress", None)]
+        assert acks(bad) == [("in_progress", None)]
         _logger(sub._connection).assert_logged("in-progress not sent", level="debug")
 
 
@@ -356,13 +386,13 @@ class TestStopping:
                 calls.append("unsubscribe")
 
         sub._sub = Inbox()  # type: ignore[assignment]
-        queued = FakeMsg(reply="q1")
+        queued = delivery(reply="q1")
         sub._tracked["q1"] = queued  # type: ignore[assignment]
-        sub._queue.put_nowait(queued)  # type: ignore[arg-type]
+        sub._queue.put_nowait(queued)
         await sub.stop(timeout=0.1)
         await sub.stop(timeout=0.1)
         assert calls == ["drain", "unsubscribe"]
-        assert queued.calls == [("nak", None)]
+        assert acks(queued) == [("nak", None)]
         assert sub._tracked == {}
         assert not sub.running
 
@@ -527,10 +557,10 @@ async def test_missing_time_falls_back_to_the_storage_time() -> None:
     sub = _subscription(connection, handler)
     body, headers = event_codec.encode(EVENT)
     untimed = {k: v for k, v in headers.items() if k.lower() != event_codec.H_TIME}
-    msg = FakeMsg(data=body, headers=untimed)
-    await sub._process(msg)  # type: ignore[arg-type]
+    msg = delivery(data=body, headers=untimed)
+    await sub._process(msg)
     assert [e.timestamp for e in seen] == [datetime(2030, 1, 1, tzinfo=UTC)]
-    assert msg.calls == [("ack", None)]
+    assert acks(msg) == [("ack", None)]
 
     stored: list[dict[str, str]] = []
 
@@ -540,11 +570,11 @@ async def test_missing_time_falls_back_to_the_storage_time() -> None:
 
     connection.publish_message = publish_message  # type: ignore[method-assign]
     broken = {k: v for k, v in untimed.items() if k.lower() != event_codec.H_TYPE}
-    bad = FakeMsg(data=body, headers=broken)
-    await sub._process(bad)  # type: ignore[arg-type]
+    bad = delivery(data=body, headers=broken)
+    await sub._process(bad)
     assert len(seen) == 1
     assert stored[0]["Dead-Letter-Reason"] == "undecodable"
-    assert bad.calls == [("term", None)]
+    assert acks(bad) == [("term", None)]
 
 
 async def test_handoff_is_fifo_and_survives_cancelled_getters() -> None:
@@ -567,10 +597,85 @@ async def test_handoff_is_fifo_and_survives_cancelled_getters() -> None:
     first = asyncio.ensure_future(handoff.get())
     second = asyncio.ensure_future(handoff.get())
     await asyncio.sleep(0)
-    msg = FakeMsg()
-    handoff.put_nowait(msg)  # type: ignore[arg-type]
+    msg = delivery()
+    handoff.put_nowait(msg)
     first.cancel()  # woken, then cancelled before it could take the item
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await asyncio.wait_for(second, 1) is msg
     assert handoff.empty()
+
+
+# Header lines built from the characters that make parsers disagree: separators,
+# every kind of whitespace, line breaks on their own, non-ASCII and invalid UTF-8.
+_tricky = st.sampled_from(
+    [
+        b"a",
+        b"Ce-Id",
+        b"x",
+        b":",
+        b" ",
+        b"\t",
+        b"\r",
+        b"\n",
+        b"\x0b",
+        b"\x1c",
+        b"\x85",
+        b"\xc2\xa0",
+        b"\xe2\x80\x83",
+        b"\xff",
+        b"%",
+        b"1",
+    ]
+)
+_header_block_lines = st.lists(st.lists(_tricky, max_size=8).map(b"".join), max_size=6).map(
+    lambda lines: b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+)
+
+
+class TestWireHeaders:
+    """The subscription reads header blocks itself; it must read them as nats-py does."""
+
+    @given(lines=_header_block_lines | st.binary(max_size=80))
+    @example(lines=b" Ce-Id : v \r\nbad name: x\r\nno colon\r\n\r\n")
+    def test_header_lines_match_nats_py(self, lines: bytes) -> None:
+        """Any block gives exactly what nats-py's own parser gives."""
+        assert _header_lines(lines) == Client._parse_header_lines(lines)
+
+    @given(lines=_header_block_lines)
+    def test_lowered_names_keep_the_last_value(self, lines: bytes) -> None:
+        """With lower=True, names are lower-cased and the last line of a name wins."""
+        expected: dict[str, str] = {}
+        for line in lines.split(b"\r\n"):
+            for name, value in Client._parse_header_lines(line).items():
+                expected[name.lower()] = value
+        assert _header_lines(lines, lower=True) == expected
+
+    @given(event=events(allow_surrogates=True), rid=st.none() | event_texts())
+    def test_events_survive_the_header_block(self, event: Event, rid: str | None) -> None:
+        """Every event, encoded and written as nats-py writes headers, is read back
+        through the subscription's own header reading."""
+        body, headers = event_codec.encode(event, request_id=rid)
+        msg = delivery(data=body, headers=headers)
+        decoded = event_codec.decode_message(msg.data, msg.lowered_headers(), lowered=True)
+        assert decoded.event == event
+        assert decoded.request_id == rid
+        assert msg.headers == headers
+
+    def test_status_lines(self) -> None:
+        """Status code, description and headers of the pull statuses the server sends."""
+        assert _status_of(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n") == (
+            "408",
+            "Request Timeout",
+            {"Nats-Pending-Messages": "3"},
+        )
+        assert _status_of(b"NATS/1.0 503\r\n\r\n") == ("503", "", {})
+        assert _status_of(None) == ("", "", {})
+
+    def test_delivery_reads_the_ack_subject(self) -> None:
+        """The stream sequence and subject come from the wire fields, in both ack
+        subject forms."""
+        msg = delivery()
+        assert (msg.stream_sequence, msg.subject) == (7, "evt.orders.placed")
+        v2 = delivery(reply="$JS.ACK.dom.hash.S.d.1.42.7.1893456000000000000.0.tok")
+        assert v2.stream_sequence == 42
