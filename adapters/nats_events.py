@@ -32,7 +32,9 @@ attempts and error, are published to ``<EVENTS_DEAD_PREFIX>.<durable>.<subject>`
 then the original is terminated. Messages being handled or waiting locally are
 kept alive with ``+WPI`` every ``ack_wait / 2``. A consumer the server lost is
 re-created; a lost pull (reconnect, server restart, leader change) is detected by
-heartbeats and re-issued.
+heartbeats and re-issued. The pull inbox is read on a direct lane of the client
+(ADR 0022): deliveries skip nats-py's ``Msg``, header dict and per-subscription task,
+and their headers are read by this module (exactly as nats-py reads them).
 
 Settings keys (through :class:`ports.config.ConfigSource`; all optional but the URL):
 
