@@ -32,7 +32,7 @@ from adapters.nats_events import (
     _reply_info,
     _status_of,
 )
-from domain_errors import ServiceUnavailable
+from domain_errors import ConfigurationError, ServiceUnavailable
 from ports.events import Event, PublishAck, Reject
 from testing.fakes import FakeClock, RecordingLogger
 from testing.strategies import event_texts, events
@@ -287,6 +287,15 @@ class TestPulling:
         _logger(connection).assert_logged(
             "pull status", level="debug", status="400", description="Bad Request"
         )
+
+    async def test_start_needs_the_connections_own_client(self) -> None:
+        """A subscription refuses a client without lanes (one NatsConnection did not
+        make): its deliveries would never reach the workers."""
+        connection = _connection()
+        connection._nc = FakeClient()  # type: ignore[assignment]
+        connection._state = "open"
+        with pytest.raises(ConfigurationError, match="client made by NatsConnection"):
+            await _subscription(connection).start()
 
     async def test_pull_needs_a_connection(self) -> None:
         """No pull is sent while disconnected; a pull that cannot be sent resets the
