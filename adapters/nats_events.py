@@ -423,8 +423,9 @@ class _Delivery:
 
     @property
     def subject(self) -> str:
-        """The subject the message was published to."""
-        return self._subject.decode()
+        """The subject the message was published to (bytes that are not UTF-8 read
+        as U+FFFD, so that a dead letter can still be stored and logged)."""
+        return self._subject.decode("utf-8", "replace")
 
     def lowered_headers(self) -> dict[str, str]:
         """The headers, names in lower case (what the event codec reads)."""

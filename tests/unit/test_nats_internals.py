@@ -681,6 +681,24 @@ class TestWireHeaders:
         assert _status_of(b"NATS/1.0 503\r\n\r\n") == ("503", "", {})
         assert _status_of(None) == ("", "", {})
 
+    async def test_undecodable_subject_bytes_still_dead_letter(self) -> None:
+        """A delivery whose subject is not UTF-8 and whose payload does not decode is
+        dead-lettered under a readable subject; the worker survives."""
+        connection = _connection()
+        stored: list[str] = []
+
+        async def publish_message(subject: str, body: bytes, headers: dict[str, str]) -> Any:
+            stored.append(subject)
+            return PublishAck("S_DEAD", 1)
+
+        connection.publish_message = publish_message  # type: ignore[method-assign]
+        sub = _subscription(connection)
+        msg = delivery(data=b"not json")
+        msg._subject = b"evt.orders.\xff"
+        await sub._process(msg)
+        assert stored == ["dead.d.orders.\ufffd"]
+        assert acks(msg) == [("term", None)]
+
     def test_delivery_reads_the_ack_subject(self) -> None:
         """The stream sequence and subject come from the wire fields, in both ack
         subject forms."""
