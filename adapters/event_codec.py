@@ -182,7 +182,7 @@ def _required(lowered: Mapping[str, str], name: str) -> str:
     raw = lowered.get(name)
     if raw is None:
         raise EventDecodeError(f"message has no {name} header", details={"header": name})
-    return unquote(raw, errors="surrogatepass") if "%" in raw else raw
+    return _unquote(raw)
 
 
 def _check_json_type(content_type: str | None) -> None:

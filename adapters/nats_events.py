@@ -429,14 +429,16 @@ class _Delivery:
 
     def lowered_headers(self) -> dict[str, str]:
         """The headers, names in lower case (what the event codec reads)."""
-        raw = self.raw_headers
-        return _header_lines(raw[len(_VERSION_LINE) + 2 :], lower=True) if raw else {}
+        return self._read_headers(lower=True)
 
     @property
     def headers(self) -> dict[str, str]:
         """The headers as sent (names in their own case)."""
-        raw = self.raw_headers
-        return _header_lines(raw[len(_VERSION_LINE) + 2 :]) if raw else {}
+        return self._read_headers(lower=False)
+
+    def _read_headers(self, *, lower: bool) -> dict[str, str]:
+        raw = self.raw_headers  # b"NATS/1.0\r\n" then the lines
+        return _header_lines(raw[len(_VERSION_LINE) + 2 :], lower=lower) if raw else {}
 
     @property
     def stream_sequence(self) -> int:
@@ -1080,7 +1082,7 @@ class NatsSubscription:
         self._heartbeat = max(0.05, s.pull_expires / 5)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{durable}"
         self._inbox = ""
-        self._client: NatsClient | None = None
+        self._client: _Client | None = None
         self._sub: NatsSubscription_ | None = None
         self._queue = _Handoff()
         self._tracked: dict[str, _Delivery] = {}
@@ -1457,7 +1459,7 @@ class NatsSubscription:
             except Exception:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        if sub is not None and isinstance(self._client, _Client):
+        if sub is not None and self._client is not None:
             self._client.lanes.pop(sub._id, None)
         released: list[_Delivery] = []
         while not self._queue.empty():
