@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final, NoReturn
 
+from adapters._log_fields import redact_text
 from domain_errors import BadRequest
 
 __all__ = [
@@ -26,11 +27,20 @@ __all__ = [
     "REASON_UNDECODABLE",
     "NullLogger",
     "describe",
+    "DEFAULT_MAX_PAYLOAD",
+    "wire_size",
+    "check_wire_size",
 ]
 
 REASON_REJECTED: Final = "rejected"
 REASON_MAX_DELIVER: Final = "max_deliver"
 REASON_UNDECODABLE: Final = "undecodable"
+
+DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
+"""NATS's default ``max_payload`` (1 MiB): what the in-memory bus enforces unless told."""
+
+_HEADER_LINE_OVERHEAD: Final = len(b": \r\n")
+_HEADER_BLOCK_OVERHEAD: Final = len(b"NATS/1.0\r\n\r\n")
 
 _DURABLE: Final = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _MAX_SUBJECT: Final = 1024
@@ -159,6 +169,37 @@ class NullLogger:
 
 
 def describe(exc: BaseException) -> str:
-    """A short description of ``exc`` for dead letters: its type and message, capped."""
-    text = f"{type(exc).__name__}: {exc}"
+    """A short description of ``exc`` for dead letters and logs: its type and message,
+    redacted like a log line and capped. Never raises (an exception whose ``str()``
+    raises is described by its type alone)."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    text = redact_text(f"{name}: {message}" if message else name)
     return text if len(text) <= 500 else text[:497] + "..."
+
+
+def wire_size(body: bytes, headers: Mapping[str, str] | None) -> int:
+    """The bytes the server counts against ``max_payload``: the header block as
+    nats-py writes it (``NATS/1.0``, ``name: value`` lines, stripped) plus the body."""
+    if headers is None:
+        return len(body)
+    size = _HEADER_BLOCK_OVERHEAD + len(body)
+    for key, value in headers.items():
+        name = key.strip()
+        if name:
+            size += len(name.encode()) + len(value.strip().encode()) + _HEADER_LINE_OVERHEAD
+    return size
+
+
+def check_wire_size(subject: str, body: bytes, headers: Mapping[str, str], limit: int) -> None:
+    """``BadRequest`` naming both sizes when the message would exceed ``limit``."""
+    size = wire_size(body, headers)
+    if size > limit:
+        raise BadRequest(
+            f"event of {size} bytes (headers and body) is larger than the server's "
+            f"max payload of {limit} bytes",
+            details={"subject": subject, "size": size, "max_payload": limit},
+        )

@@ -24,8 +24,8 @@ from adapters.nats_events import (
     NatsPublisher,
     NatsSettings,
     NatsSubscriber,
-    redact_url,
 )
+from adapters.nats_events.settings import redact_url
 from domain_errors import BadRequest, ConfigurationError, ErrorCode, ServiceUnavailable
 from ports.context import current_context
 from ports.events import Event, Reject

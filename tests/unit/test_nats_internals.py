@@ -19,19 +19,10 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from adapters import event_codec
-from adapters.nats_events import (
-    NatsConnection,
-    NatsSettings,
-    NatsSubscription,
-    _AckError,
-    _Delivery,
-    _Handoff,
-    _header_lines,
-    _is_retryable,
-    _NoResponders,
-    _reply_info,
-    _status_of,
-)
+from adapters.nats_events import NatsConnection, NatsSettings, NatsSubscription
+from adapters.nats_events._errors import AckError, NoResponders, is_retryable
+from adapters.nats_events.subscription import _Handoff
+from adapters.nats_events.wire import Delivery, header_lines, reply_info, status_of
 from domain_errors import ConfigurationError, ServiceUnavailable
 from ports.events import Event, PublishAck, Reject
 from testing.fakes import FakeClock, RecordingLogger
@@ -90,11 +81,11 @@ def delivery(
     headers: dict[str, str] | None = None,
     failing: tuple[str, ...] = (),
     reply: str | None = None,
-) -> _Delivery:
+) -> Delivery:
     """A JetStream delivery of EVENT as it comes off the wire, on its own
     recording client (whose acks can be made to fail)."""
     body, hdrs = event_codec.encode(EVENT)
-    return _Delivery(
+    return Delivery(
         FakeClient(failing=failing),
         b"evt.orders.placed",
         f"$JS.ACK.S.d.{delivered}.7.7.1893456000000000000.0" if reply is None else reply,
@@ -103,7 +94,7 @@ def delivery(
     )
 
 
-def acks(msg: _Delivery) -> list[tuple[str, float | None]]:
+def acks(msg: Delivery) -> list[tuple[str, float | None]]:
     """The acknowledgements sent for ``msg``, in order."""
     client = msg._nc
     return [_ack_kind(payload) for subject, payload in client.published if subject == msg.reply]
@@ -431,10 +422,10 @@ class TestPublishInternals:
         await connection._on_ack(reply("f", b"{}"))
         await connection._on_ack(reply("zzz", b"{}"))
         assert futures["a"].result() == PublishAck("S", 3, True)
-        assert isinstance(futures["b"].exception(), _NoResponders)
-        assert isinstance(futures["c"].exception(), _AckError)
+        assert isinstance(futures["b"].exception(), NoResponders)
+        assert isinstance(futures["c"].exception(), AckError)
         error = futures["d"].exception()
-        assert isinstance(error, _AckError)
+        assert isinstance(error, AckError)
         assert (error.code, error.err_code) == (400, 10060)
         assert futures["e"].exception() is not None
 
@@ -442,11 +433,11 @@ class TestPublishInternals:
         """503s and transport errors are retried; refusals and a closed connection are
         ServiceUnavailable without retry."""
         connection = _connection()
-        assert _is_retryable(_AckError(503, 0, "busy"))
-        assert not _is_retryable(_AckError(400, 0, "bad"))
-        assert _is_retryable(nats.js.errors.APIError(code=503))
-        assert _is_retryable(nats.errors.TimeoutError())
-        refused = connection._map_publish_error(_AckError(400, 1, "bad"), "s", 1)
+        assert is_retryable(AckError(503, 0, "busy"))
+        assert not is_retryable(AckError(400, 0, "bad"))
+        assert is_retryable(nats.js.errors.APIError(code=503))
+        assert is_retryable(nats.errors.TimeoutError())
+        refused = connection._map_publish_error(AckError(400, 1, "bad"), "s", 1)
         assert isinstance(refused, ServiceUnavailable)
         assert "refused" in str(refused)
         closed = connection._map_publish_error(nats.errors.ConnectionClosedError(), "s", 1)
@@ -461,7 +452,7 @@ class TestPublishInternals:
             nonlocal sent
             sent += 1
             future = asyncio.get_running_loop().create_future()
-            future.set_exception(_AckError(400, 10060, "wrong stream"))
+            future.set_exception(AckError(400, 10060, "wrong stream"))
             return future
 
         connection._send = send  # type: ignore[method-assign]
@@ -550,8 +541,8 @@ def test_reply_info_reads_both_ack_subject_forms() -> None:
     v1 = "$JS.ACK.S.d.3.10.9.1893456000000000000.0"
     v2 = "$JS.ACK.domain.hash.S.d.4.10.9.1893456000000000000.0.token"
     when = datetime(2030, 1, 1, tzinfo=UTC)
-    assert _reply_info(v1) == (3, when)
-    assert _reply_info(v2) == (4, when)
+    assert reply_info(v1) == (3, when)
+    assert reply_info(v2) == (4, when)
 
 
 async def test_missing_time_falls_back_to_the_storage_time() -> None:
@@ -649,7 +640,7 @@ class TestWireHeaders:
     @example(lines=b" Ce-Id : v \r\nbad name: x\r\nno colon\r\n\r\n")
     def test_header_lines_match_nats_py(self, lines: bytes) -> None:
         """Any block gives exactly what nats-py's own parser gives."""
-        assert _header_lines(lines) == Client._parse_header_lines(lines)
+        assert header_lines(lines) == Client._parse_header_lines(lines)
 
     @given(lines=_header_block_lines)
     def test_lowered_names_keep_the_last_value(self, lines: bytes) -> None:
@@ -658,7 +649,7 @@ class TestWireHeaders:
         for line in lines.split(b"\r\n"):
             for name, value in Client._parse_header_lines(line).items():
                 expected[name.lower()] = value
-        assert _header_lines(lines, lower=True) == expected
+        assert header_lines(lines, lower=True) == expected
 
     @given(event=events(allow_surrogates=True), rid=st.none() | event_texts())
     def test_events_survive_the_header_block(self, event: Event, rid: str | None) -> None:
@@ -673,13 +664,13 @@ class TestWireHeaders:
 
     def test_status_lines(self) -> None:
         """Status code, description and headers of the pull statuses the server sends."""
-        assert _status_of(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n") == (
+        assert status_of(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n") == (
             "408",
             "Request Timeout",
             {"Nats-Pending-Messages": "3"},
         )
-        assert _status_of(b"NATS/1.0 503\r\n\r\n") == ("503", "", {})
-        assert _status_of(None) == ("", "", {})
+        assert status_of(b"NATS/1.0 503\r\n\r\n") == ("503", "", {})
+        assert status_of(None) == ("", "", {})
 
     async def test_undecodable_subject_bytes_still_dead_letter(self) -> None:
         """A delivery whose subject is not UTF-8 and whose payload does not decode is

@@ -1,0 +1,108 @@
+"""The delivery policy: what a subscription does with an event, on every adapter.
+
+The NATS subscription and the in-memory bus both ask these pure functions, so that
+they cannot drift apart on when an event is acked, retried or dead-lettered.
+``attempt`` is always the number of the handler run (1-based), never the broker's
+delivery count: a delivery the handler never saw uses up nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Final, Literal
+
+import attrs
+
+from adapters._event_rules import (
+    REASON_MAX_DELIVER,
+    REASON_REJECTED,
+    REASON_UNDECODABLE,
+    backoff_delay,
+    describe,
+)
+from adapters._log_fields import redact_text
+from ports.events import Reject
+
+__all__ = [
+    "Verdict",
+    "ACK",
+    "before_run",
+    "after_run",
+    "undecodable",
+    "is_own_cancellation",
+    "REASON_TIMEOUT",
+]
+
+REASON_TIMEOUT: Final = "handler_timeout"
+
+
+@attrs.frozen
+class Verdict:
+    """What to do with a delivery: ``ack``, ``retry`` after ``delay`` seconds, or
+    ``dead_letter`` with ``reason`` and a redacted ``error`` text."""
+
+    action: Literal["ack", "retry", "dead_letter"]
+    delay: float = 0.0
+    reason: str = ""
+    error: str = ""
+
+
+ACK: Final = Verdict("ack")
+
+
+def before_run(attempt: int, max_deliver: int) -> Verdict | None:
+    """``None`` when handler run ``attempt`` may happen; a dead letter when the
+    failures already recorded used up ``max_deliver`` (a crash after the last
+    failure, before its dead letter was stored)."""
+    if attempt > max_deliver:
+        return Verdict("dead_letter", reason=REASON_MAX_DELIVER, error="delivery limit reached")
+    return None
+
+
+def after_run(
+    failure: BaseException | None,
+    *,
+    attempt: int,
+    max_deliver: int,
+    backoff: Sequence[float],
+    timed_out: bool = False,
+) -> Verdict:
+    """The verdict on handler run ``attempt``: returned -> ack; raised
+    :class:`~ports.events.Reject` -> dead letter at once; raised anything else (or
+    ran past its ``handler_timeout``) -> retry after the backoff delay, or a dead
+    letter when this was the ``max_deliver``-th run."""
+    if failure is None:
+        return ACK
+    if isinstance(failure, Reject):
+        return Verdict("dead_letter", reason=REASON_REJECTED, error=_safe_reason(failure))
+    error = "handler_timeout: the handler ran too long" if timed_out else describe(failure)
+    if attempt >= max_deliver:
+        return Verdict("dead_letter", reason=REASON_MAX_DELIVER, error=error)
+    return Verdict("retry", delay=backoff_delay(backoff, attempt), error=error)
+
+
+def undecodable(problem: str) -> Verdict:
+    """The verdict on a payload that does not decode: a dead letter at once."""
+    return Verdict("dead_letter", reason=REASON_UNDECODABLE, error=describe_text(problem))
+
+
+def describe_text(text: str) -> str:
+    """``text`` redacted like a log line (no secret leaves through a dead letter)."""
+    return redact_text(text)
+
+
+def _safe_reason(exc: Reject) -> str:
+    try:
+        return describe_text(str(exc.reason))
+    except Exception:
+        return "rejected by handler"
+
+
+def is_own_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the cancellation of the running task itself (stop, shutdown),
+    as opposed to a ``CancelledError`` a handler raised or leaked on its own."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

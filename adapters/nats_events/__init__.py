@@ -1,0 +1,93 @@
+"""NATS JetStream adapter: :class:`NatsConnection`, :class:`NatsPublisher`, :class:`NatsSubscriber`.
+
+One connection serves both sides::
+
+    connection = NatsConnection.from_config(config, logger=logger)
+    publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+    await connection.connect()        # connects (with retries) and ensures the streams
+    ...
+    await connection.close()          # stops subscriptions, drains, closes
+
+Streams (ensured by ``connect``): ``EVENTS_STREAM`` captures ``<EVENTS_PREFIX>.>``
+(port subjects are relative: ``order.placed`` travels as ``events.order.placed``),
+with ``EVENTS_REPLICAS`` replicas, file storage and a duplicate window of
+``EVENTS_DUPLICATE_WINDOW_S``; its dead-letter stream ``<EVENTS_STREAM>_DEAD``
+captures ``<EVENTS_DEAD_PREFIX>.>`` (``dead.>`` by default).
+
+Publishing: the event travels as a CloudEvent (:mod:`adapters.event_codec`) with
+``Nats-Msg-Id`` = ``event.id``. ``publish`` returns after the PubAck; timeouts,
+"no responders" and other transient failures are retried ``EVENTS_PUBLISH_RETRIES``
+times with exponential backoff under the same id (so a retry never duplicates),
+then ``ServiceUnavailable`` (code ``BROKER_UNAVAILABLE``). ``publish_many``
+pipelines: every message is sent before any ack is awaited, then only the ones
+without an ack are retried, still under their ids.
+
+Consuming (ADR 0015): a durable pull consumer per ``durable``, fed by a continuous
+pull (a request for up to ``EVENTS_PULL_BATCH`` messages is topped up as they are
+handled, with idle heartbeats), handled by ``concurrency`` workers. Handler returns
+-> ack; raises -> nak with the backoff delay; the ``max_deliver``-th failure, a
+:class:`~ports.events.Reject` or an undecodable payload -> the original payload
+and headers, plus ``Dead-Letter-*`` headers naming subject, durable, reason,
+attempts and error, are published to ``<EVENTS_DEAD_PREFIX>.<durable>.<subject>``,
+then the original is terminated. Messages being handled or waiting locally are
+kept alive with ``+WPI`` every ``ack_wait / 2``. A consumer the server lost is
+re-created; a lost pull (reconnect, server restart, leader change) is detected by
+heartbeats and re-issued. The pull inbox is read on a direct lane of the client
+(ADR 0022): deliveries skip nats-py's ``Msg``, header dict and per-subscription task,
+and their headers are read by this module (exactly as nats-py reads them).
+
+Settings keys (through :class:`ports.config.ConfigSource`; all optional but the URL):
+
+================================  ========  ===============================================
+``NATS_URL``                      required  one URL or a comma-separated list (cluster)
+``EVENTS_STREAM``                 EVENTS    stream name (dead letters: ``<name>_DEAD``)
+``EVENTS_PREFIX``                 events    subject prefix of the stream
+``EVENTS_DEAD_PREFIX``            dead      subject prefix of the dead-letter stream
+``EVENTS_REPLICAS``               1         stream replicas (3 on a 3-node cluster)
+``EVENTS_STORAGE``                file      ``file`` or ``memory``
+``EVENTS_DUPLICATE_WINDOW_S``     120       dedupe window of ``Nats-Msg-Id``
+``EVENTS_PUBLISH_RETRIES``        3         retries after the first attempt
+``EVENTS_PUBLISH_TIMEOUT_S``      5         wait for one PubAck
+``EVENTS_PUBLISH_BACKOFF_S``      0.1       first retry delay (doubles on each retry)
+``EVENTS_PUBLISH_BACKOFF_MAX_S``  2         longest retry delay
+``EVENTS_PUBLISH_WINDOW``         2000      publish_many: sends in flight at once
+``EVENTS_API_TIMEOUT_S``          5         JetStream API calls (streams, consumers)
+``EVENTS_PULL_BATCH``             128       messages requested/buffered per subscription
+``EVENTS_PULL_EXPIRES_S``         5         life of one pull request (heartbeat: 1/5 of it)
+``EVENTS_MAX_ACK_PENDING``        10000     consumer's max unacked messages
+``NATS_CONNECT_RETRIES``          5         first-connect attempts
+``NATS_CONNECT_TIMEOUT_S``        2         one connect attempt
+``NATS_CONNECT_BACKOFF_S``        0.2       first connect retry delay (doubles)
+``NATS_RECONNECT_WAIT_S``         0.5       between reconnect attempts (forever)
+``SERVICE_NAME``                  hexinfra  the client's connection name
+================================  ========  ===============================================
+"""
+
+from __future__ import annotations
+
+from adapters.nats_events.connection import NatsConnection
+from adapters.nats_events.dead_letters import (
+    H_DEAD_ATTEMPTS,
+    H_DEAD_DURABLE,
+    H_DEAD_ERROR,
+    H_DEAD_MSG_ID,
+    H_DEAD_REASON,
+    H_DEAD_SUBJECT,
+)
+from adapters.nats_events.publisher import NatsPublisher
+from adapters.nats_events.settings import NatsSettings
+from adapters.nats_events.subscription import NatsSubscriber, NatsSubscription
+
+__all__ = [
+    "NatsSettings",
+    "NatsConnection",
+    "NatsPublisher",
+    "NatsSubscriber",
+    "NatsSubscription",
+    "H_DEAD_SUBJECT",
+    "H_DEAD_DURABLE",
+    "H_DEAD_REASON",
+    "H_DEAD_ATTEMPTS",
+    "H_DEAD_ERROR",
+    "H_DEAD_MSG_ID",
+]
