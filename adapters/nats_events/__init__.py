@@ -10,9 +10,17 @@ One connection serves both sides::
 
 Streams (ensured by ``connect``): ``EVENTS_STREAM`` captures ``<EVENTS_PREFIX>.>``
 (port subjects are relative: ``order.placed`` travels as ``events.order.placed``),
-with ``EVENTS_REPLICAS`` replicas, file storage and a duplicate window of
-``EVENTS_DUPLICATE_WINDOW_S``; its dead-letter stream ``<EVENTS_STREAM>_DEAD``
-captures ``<EVENTS_DEAD_PREFIX>.>`` (``dead.>`` by default).
+with ``EVENTS_REPLICAS`` replicas, file storage, a duplicate window of
+``EVENTS_DUPLICATE_WINDOW_S`` and the limits ``EVENTS_MAX_AGE_S`` /
+``EVENTS_MAX_BYTES``; its dead-letter stream ``<EVENTS_STREAM>_DEAD`` captures
+``<EVENTS_DEAD_PREFIX>.>`` (``dead.<EVENTS_PREFIX>.>`` by default, so services with
+streams of their own never overlap) and keeps dead letters ``EVENTS_DEAD_MAX_AGE_S``
+(forever by default). Many services may share a server (ADR 0023): a missing stream
+is created with these settings (two services creating it at once both succeed); a
+stream that exists is never modified (not its subjects, window, limits or replicas);
+one that does not capture our subjects, or whose creation overlaps another stream's
+subjects, is a ``ConfigurationError`` at connect naming the stream. A consumer's name
+on the server is ``NatsSettings.consumer_name(durable)``: ``<SERVICE_NAME>-<durable>``.
 
 Publishing: the event travels as a CloudEvent (:mod:`adapters.event_codec`) with
 ``Nats-Msg-Id`` = ``event.id``. ``publish`` returns after the PubAck; timeouts,
@@ -42,10 +50,14 @@ Settings keys (through :class:`ports.config.ConfigSource`; all optional but the 
 ``NATS_URL``                      required  one URL or a comma-separated list (cluster)
 ``EVENTS_STREAM``                 EVENTS    stream name (dead letters: ``<name>_DEAD``)
 ``EVENTS_PREFIX``                 events    subject prefix of the stream
-``EVENTS_DEAD_PREFIX``            dead      subject prefix of the dead-letter stream
+``EVENTS_DEAD_PREFIX``            dead.<p>  dead-letter subject prefix (``dead.<EVENTS_PREFIX>``)
 ``EVENTS_REPLICAS``               1         stream replicas (3 on a 3-node cluster)
 ``EVENTS_STORAGE``                file      ``file`` or ``memory``
-``EVENTS_DUPLICATE_WINDOW_S``     120       dedupe window of ``Nats-Msg-Id``
+``EVENTS_DUPLICATE_WINDOW_S``     120       dedupe window of ``Nats-Msg-Id`` (<= the max ages)
+``EVENTS_MAX_AGE_S``              604800    a new stream's max age (7 days; 0 = no limit)
+``EVENTS_MAX_BYTES``              -1        a new stream's max bytes (-1 = no limit)
+``EVENTS_DEAD_MAX_AGE_S``         0         a new dead-letter stream's max age (0 = never
+                                            dropped)
 ``EVENTS_PUBLISH_RETRIES``        3         retries after the first attempt
 ``EVENTS_PUBLISH_TIMEOUT_S``      5         wait for one PubAck
 ``EVENTS_PUBLISH_BACKOFF_S``      0.1       first retry delay (doubles on each retry)
@@ -59,7 +71,8 @@ Settings keys (through :class:`ports.config.ConfigSource`; all optional but the 
 ``NATS_CONNECT_TIMEOUT_S``        2         one connect attempt
 ``NATS_CONNECT_BACKOFF_S``        0.2       first connect retry delay (doubles)
 ``NATS_RECONNECT_WAIT_S``         0.5       between reconnect attempts (forever)
-``SERVICE_NAME``                  hexinfra  the client's connection name
+``SERVICE_NAME``                  hexinfra  the client's connection name; consumers are
+                                            ``<SERVICE_NAME>-<durable>`` on the server
 ================================  ========  ===============================================
 """
 

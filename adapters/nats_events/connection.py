@@ -28,7 +28,7 @@ from adapters._event_rules import NullLogger
 from adapters.nats_events._errors import AckError, NoResponders, failure_reason, is_retryable
 from adapters.nats_events._internals import Client
 from adapters.nats_events.settings import NatsSettings, redact_url
-from domain_errors import BadRequest, ErrorCode, ServiceUnavailable
+from domain_errors import BadRequest, ConfigurationError, ErrorCode, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
 from ports.events import PublishAck
@@ -274,9 +274,18 @@ class NatsConnection:
         storage: Literal["file", "memory"] = "file",
         replicas: int = 1,
         duplicate_window: float = 120.0,
+        max_age: float = 0.0,
+        max_bytes: int = -1,
     ) -> None:
-        """Create stream ``name`` or bring its subjects, replicas and duplicate window
-        to these values. ``ServiceUnavailable`` when JetStream refuses or is down."""
+        """Create stream ``name`` when it is missing (with these settings; ``max_age``
+        0 and ``max_bytes`` -1 mean no limit); a stream that exists is never modified.
+
+        ``ConfigurationError`` naming the stream when the existing stream does not
+        capture ``subjects``, or when creating it is refused because its subjects
+        overlap another stream's. Another service creating it at the same moment is
+        fine (it is then checked as an existing one). ``ServiceUnavailable`` when
+        JetStream refuses otherwise or does not answer.
+        """
         js = self.jetstream
         config = StreamConfig(
             name=name,
@@ -284,23 +293,34 @@ class NatsConnection:
             storage=StorageType.FILE if storage == "file" else StorageType.MEMORY,
             num_replicas=replicas,
             duplicate_window=duplicate_window,
+            max_age=max_age,
+            max_bytes=max_bytes,
         )
         try:
             try:
                 info = await js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await js.add_stream(config)
-                self._logger.info("stream created", stream=name, subjects=list(subjects))
-                return
-            current = info.config
-            if (
-                sorted(current.subjects or []) != sorted(subjects)
-                or (current.num_replicas or 1) != replicas
-                or abs((current.duplicate_window or 0) - duplicate_window) > 1e-6
-            ):
-                config.storage = current.storage
-                await js.update_stream(config)
-                self._logger.info("stream updated", stream=name, subjects=list(subjects))
+                try:
+                    await js.add_stream(config)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == _OVERLAP:
+                        raise await self._overlap_error(name, subjects) from exc
+                    if exc.err_code != _NAME_IN_USE:
+                        raise
+                    # Created meanwhile by another service: check it like any other.
+                    info = await js.stream_info(name)
+                else:
+                    self._logger.info(
+                        "stream created",
+                        stream=name,
+                        subjects=list(subjects),
+                        max_age_s=max_age,
+                        max_bytes=max_bytes,
+                    )
+                    return
+            _check_captures(name, info.config.subjects or [], subjects)
+        except ConfigurationError:
+            raise
         except nats.js.errors.APIError as exc:
             raise ServiceUnavailable(
                 f"JetStream refused stream {name}: {exc.description or exc.code}",
@@ -314,8 +334,26 @@ class NatsConnection:
                 details={"stream": name},
             ) from exc
 
+    async def _overlap_error(self, name: str, subjects: Sequence[str]) -> ConfigurationError:
+        """The error for a stream JetStream refused to create: its subjects overlap
+        another stream's (named when JetStream tells which)."""
+        others: list[str] = []
+        for subject in subjects:
+            with contextlib.suppress(Exception):
+                other = await self.jetstream.find_stream_name_by_subject(subject)
+                if other not in others:
+                    others.append(other)
+        where = f"stream {', '.join(others)}" if others else "an existing stream"
+        return ConfigurationError(
+            f"stream {name} cannot be created: its subjects {', '.join(subjects)} overlap "
+            f"the subjects of {where} (give this service its own EVENTS_PREFIX, or use "
+            "that stream's EVENTS_STREAM and EVENTS_PREFIX)",
+            details={"stream": name, "subjects": list(subjects), "overlaps": others},
+        )
+
     async def ensure_streams(self) -> None:
-        """Ensure the event stream and its dead-letter stream."""
+        """Ensure the event stream and its dead-letter stream (created when missing
+        with the configured limits; never modified when they exist)."""
         s = self.settings
         await self.ensure_stream(
             s.stream,
@@ -323,6 +361,8 @@ class NatsConnection:
             storage=s.storage,
             replicas=s.replicas,
             duplicate_window=s.duplicate_window,
+            max_age=s.max_age,
+            max_bytes=s.max_bytes,
         )
         await self.ensure_stream(
             s.dead_stream,
@@ -330,6 +370,7 @@ class NatsConnection:
             storage=s.storage,
             replicas=s.replicas,
             duplicate_window=s.duplicate_window,
+            max_age=s.dead_max_age,
         )
 
     # --- publishing with acks --------------------------------------------------------
@@ -542,3 +583,36 @@ class NatsConnection:
 
     def _unregister(self, subscription: NatsSubscription) -> None:
         self._subscriptions.discard(subscription)
+
+
+# --- streams shared by several services ----------------------------------------------
+
+_NAME_IN_USE: Final = 10058  # JetStream: "stream name already in use"
+_OVERLAP: Final = 10065  # JetStream: "subjects overlap with an existing stream"
+
+
+def _captures(pattern: str, wanted: str) -> bool:
+    """Whether stream subject ``pattern`` captures every subject ``wanted`` matches
+    (both may hold ``*`` and ``>``)."""
+    have, want = pattern.split("."), wanted.split(".")
+    for i, part in enumerate(have):
+        if part == ">":
+            return i < len(want)
+        if i >= len(want) or want[i] == ">":
+            return False
+        if part != "*" and part != want[i]:
+            return False
+    return len(have) == len(want)
+
+
+def _check_captures(name: str, have: Sequence[str], wanted: Sequence[str]) -> None:
+    """``ConfigurationError`` naming stream ``name`` unless its subjects ``have``
+    capture every subject in ``wanted``."""
+    missing = [w for w in wanted if not any(_captures(h, w) for h in have)]
+    if missing:
+        raise ConfigurationError(
+            f"stream {name} exists but does not capture {', '.join(missing)} (its subjects: "
+            f"{', '.join(have) or 'none'}); it is left as is: add the subjects to it, or "
+            "configure another EVENTS_STREAM / EVENTS_PREFIX",
+            details={"stream": name, "missing": missing, "subjects": list(have)},
+        )

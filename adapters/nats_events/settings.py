@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from typing import Any, Final, Literal, cast
 
@@ -16,6 +18,32 @@ _STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _URL_PASSWORD: Final = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
 _URL_TOKEN: Final = re.compile(r"(?P<head>://)[^:/?#@\s]+(?P<at>@)")
+_NOT_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_-]")
+# JetStream accepts names up to 255 characters (JSMaxNameLen) and stores a consumer
+# in a directory of that name: stay well under both.
+CONSUMER_NAME_MAX: Final = 200
+_MIN_MAX_AGE: Final = 0.1  # JetStream: "max age needs to be >= 100ms"
+# The configuration key behind each numeric field, for error messages.
+_KEYS: Final = {
+    "replicas": "EVENTS_REPLICAS",
+    "duplicate_window": "EVENTS_DUPLICATE_WINDOW_S",
+    "max_age": "EVENTS_MAX_AGE_S",
+    "max_bytes": "EVENTS_MAX_BYTES",
+    "dead_max_age": "EVENTS_DEAD_MAX_AGE_S",
+    "publish_retries": "EVENTS_PUBLISH_RETRIES",
+    "publish_timeout": "EVENTS_PUBLISH_TIMEOUT_S",
+    "publish_backoff": "EVENTS_PUBLISH_BACKOFF_S",
+    "publish_backoff_max": "EVENTS_PUBLISH_BACKOFF_MAX_S",
+    "publish_window": "EVENTS_PUBLISH_WINDOW",
+    "api_timeout": "EVENTS_API_TIMEOUT_S",
+    "pull_batch": "EVENTS_PULL_BATCH",
+    "pull_expires": "EVENTS_PULL_EXPIRES_S",
+    "max_ack_pending": "EVENTS_MAX_ACK_PENDING",
+    "connect_retries": "NATS_CONNECT_RETRIES",
+    "connect_timeout": "NATS_CONNECT_TIMEOUT_S",
+    "connect_backoff": "NATS_CONNECT_BACKOFF_S",
+    "reconnect_wait": "NATS_RECONNECT_WAIT_S",
+}
 
 
 def redact_url(url: str) -> str:
@@ -32,16 +60,43 @@ def _check_name(value: str, key: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def _bad_number(attribute: attrs.Attribute[Any], rule: str) -> ConfigurationError:
+    key = _KEYS.get(attribute.name, attribute.name)
+    return ConfigurationError(
+        f"{key} ({attribute.name}) must be {rule}",
+        details={"key": key, "field": attribute.name},
+    )
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ConfigurationError(f"{attribute.name} must be > 0", details={"field": attribute.name})
+    if not math.isfinite(value) or value <= 0:
+        raise _bad_number(attribute, "a finite number > 0")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ConfigurationError(
-            f"{attribute.name} must be >= 0", details={"field": attribute.name}
-        )
+    if not math.isfinite(value) or value < 0:
+        raise _bad_number(attribute, "a finite number >= 0")
+
+
+def _max_age(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value) or value < 0 or 0 < value < _MIN_MAX_AGE:
+        raise _bad_number(attribute, f"0 (no limit) or a finite number >= {_MIN_MAX_AGE}")
+
+
+def _max_bytes(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value != -1 and value <= 0:
+        raise _bad_number(attribute, "-1 (no limit) or > 0")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether ``<a>.>`` and ``<b>.>`` share a subject (one prefix holds the other)."""
+    left, right = a.split("."), b.split(".")
+    shortest = min(len(left), len(right))
+    return left[:shortest] == right[:shortest]
+
+
+def _default_dead_prefix(settings: Any) -> str:
+    return f"dead.{settings.prefix}"
 
 
 @attrs.frozen(kw_only=True)
@@ -51,10 +106,13 @@ class NatsSettings:
     url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
     stream: str = "EVENTS"
     prefix: str = "events"
-    dead_prefix: str = "dead"
+    dead_prefix: str = attrs.field(default=attrs.Factory(_default_dead_prefix, takes_self=True))
     replicas: int = attrs.field(default=1, validator=_positive)
     storage: Literal["file", "memory"] = "file"
     duplicate_window: float = attrs.field(default=120.0, validator=_positive)
+    max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_max_age)
+    max_bytes: int = attrs.field(default=-1, validator=_max_bytes)
+    dead_max_age: float = attrs.field(default=0.0, validator=_max_age)
     publish_retries: int = attrs.field(default=3, validator=_non_negative)
     publish_timeout: float = attrs.field(default=5.0, validator=_positive)
     publish_backoff: float = attrs.field(default=0.1, validator=_non_negative)
@@ -69,6 +127,7 @@ class NatsSettings:
     connect_backoff: float = attrs.field(default=0.2, validator=_non_negative)
     reconnect_wait: float = attrs.field(default=0.5, validator=_positive)
     name: str = "hexinfra"
+    service: str = "hexinfra"
 
     def __attrs_post_init__(self) -> None:
         if not self.url.strip():
@@ -80,11 +139,37 @@ class NatsSettings:
             raise ConfigurationError(
                 "EVENTS_STORAGE must be file or memory", details={"key": "EVENTS_STORAGE"}
             )
-        if self.dead_prefix == self.prefix:
+        if _overlap(self.dead_prefix, self.prefix):
             raise ConfigurationError(
-                "EVENTS_DEAD_PREFIX must differ from EVENTS_PREFIX",
+                f"EVENTS_DEAD_PREFIX {self.dead_prefix!r} must differ from EVENTS_PREFIX "
+                f"{self.prefix!r} and neither may contain the other (their subjects would "
+                "overlap)",
                 details={"key": "EVENTS_DEAD_PREFIX"},
             )
+        for key, age in (
+            ("EVENTS_MAX_AGE_S", self.max_age),
+            ("EVENTS_DEAD_MAX_AGE_S", self.dead_max_age),
+        ):
+            if age and self.duplicate_window > age:
+                raise ConfigurationError(
+                    f"EVENTS_DUPLICATE_WINDOW_S ({self.duplicate_window:g}) must not exceed "
+                    f"{key} ({age:g})",
+                    details={"key": key},
+                )
+
+    def consumer_name(self, durable: str) -> str:
+        """The consumer's name on the server: ``<service>-<durable>``.
+
+        Characters NATS does not allow in a name (``.``, ``*``, ``>``, whitespace, and
+        anything but ASCII letters, digits, ``_`` and ``-``) become ``_``; a name longer
+        than ``CONSUMER_NAME_MAX`` is cut and ends with a hash of the whole name, so
+        two long durables never share a consumer.
+        """
+        name = _NOT_IN_NAME.sub("_", f"{self.service}-{durable}")
+        if len(name) <= CONSUMER_NAME_MAX:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        return f"{name[: CONSUMER_NAME_MAX - len(digest) - 1]}_{digest}"
 
     @property
     def servers(self) -> list[str]:
@@ -100,14 +185,19 @@ class NatsSettings:
     def from_config(cls, config: ConfigSource) -> NatsSettings:
         """Read the settings from ``config``; ``ConfigurationError`` naming bad keys."""
         storage = config.get_str("EVENTS_STORAGE", "file").strip().lower()
+        prefix = config.get_str("EVENTS_PREFIX", "events")
+        service = config.get_str("SERVICE_NAME", "hexinfra") or "hexinfra"
         return cls(
             url=config.get_str("NATS_URL"),
             stream=config.get_str("EVENTS_STREAM", "EVENTS"),
-            prefix=config.get_str("EVENTS_PREFIX", "events"),
-            dead_prefix=config.get_str("EVENTS_DEAD_PREFIX", "dead"),
+            prefix=prefix,
+            dead_prefix=config.get_str("EVENTS_DEAD_PREFIX", f"dead.{prefix}"),
             replicas=config.get_int("EVENTS_REPLICAS", 1),
             storage=cast(Literal["file", "memory"], storage),
             duplicate_window=config.get_float("EVENTS_DUPLICATE_WINDOW_S", 120.0),
+            max_age=config.get_float("EVENTS_MAX_AGE_S", 7 * 24 * 3600.0),
+            max_bytes=config.get_int("EVENTS_MAX_BYTES", -1),
+            dead_max_age=config.get_float("EVENTS_DEAD_MAX_AGE_S", 0.0),
             publish_retries=config.get_int("EVENTS_PUBLISH_RETRIES", 3),
             publish_timeout=config.get_float("EVENTS_PUBLISH_TIMEOUT_S", 5.0),
             publish_backoff=config.get_float("EVENTS_PUBLISH_BACKOFF_S", 0.1),
@@ -121,5 +211,6 @@ class NatsSettings:
             connect_timeout=config.get_float("NATS_CONNECT_TIMEOUT_S", 2.0),
             connect_backoff=config.get_float("NATS_CONNECT_BACKOFF_S", 0.2),
             reconnect_wait=config.get_float("NATS_RECONNECT_WAIT_S", 0.5),
-            name=config.get_str("SERVICE_NAME", "hexinfra") or "hexinfra",
+            name=service,
+            service=service,
         )

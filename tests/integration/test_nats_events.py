@@ -92,7 +92,7 @@ class TestSettings:
         assert (s.stream, s.prefix, s.dead_prefix, s.dead_stream) == (
             "EVENTS",
             "events",
-            "dead",
+            "dead.events",
             "EVENTS_DEAD",
         )
         assert (s.replicas, s.duplicate_window, s.publish_retries, s.storage) == (
@@ -234,10 +234,11 @@ class TestConnecting:
 
 
 class TestStreams:
-    """connect ensures both streams and aligns existing ones."""
+    """connect ensures both streams; existing ones are left as they are."""
 
-    async def test_streams_are_created_and_aligned(self, nats_url: str) -> None:
-        """An existing stream with another duplicate window is updated on connect."""
+    async def test_streams_are_created_or_left_alone(self, nats_url: str) -> None:
+        """An existing stream with another duplicate window is kept as it is on connect;
+        the missing dead-letter stream is created."""
         name = f"ALIGN{next(_names)}"
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
@@ -248,7 +249,8 @@ class TestStreams:
         await conn.connect()
         info = await js.stream_info(name)
         dead = await js.stream_info(f"{name}_DEAD")
-        assert info.config.duplicate_window == 30
+        assert info.config.duplicate_window == 5
+        assert dead.config.duplicate_window == 30
         assert dead.config.subjects == [f"{name.lower()}-dead.>"]
         await conn.close()
         await js.delete_stream(name)
@@ -256,9 +258,9 @@ class TestStreams:
         await nc.close()
 
     async def test_overlapping_subjects_are_refused(self, connection: NatsConnection) -> None:
-        """A stream JetStream refuses (subjects overlap) -> ServiceUnavailable naming it."""
+        """A stream JetStream refuses (subjects overlap) -> ConfigurationError naming it."""
         prefix = connection.settings.prefix
-        with pytest.raises(ServiceUnavailable, match="OVERLAP"):
+        with pytest.raises(ConfigurationError, match="OVERLAP"):
             await connection.ensure_stream("OVERLAP", [f"{prefix}.>"])
 
 
