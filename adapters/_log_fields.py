@@ -154,8 +154,12 @@ def current_exception() -> BaseException | None:
 def error_fields(exc: BaseException) -> dict[str, str]:
     """``{type, message, stack}`` for ``exc``, URL passwords redacted."""
     stack = "".join(traceback.format_exception(exc))
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ raises is still logged
+        message = "<str() failed>"
     return {
         "type": type(exc).__qualname__,
-        "message": redact_text(str(exc)),
+        "message": redact_text(message),
         "stack": redact_text(stack),
     }

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import contextvars
 from collections.abc import Awaitable, Sequence
 from typing import Final
 
 import nats.js.errors
 import orjson
+from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription as NatsSubscription_
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import event_codec
+from adapters._delivery_policy import Verdict, after_run, before_run, is_own_cancellation
+from adapters._delivery_policy import undecodable as undecodable_verdict
 from adapters._event_rules import (
     REASON_MAX_DELIVER,
-    REASON_REJECTED,
-    REASON_UNDECODABLE,
     backoff_delay,
     check_durable,
     check_subscribe_options,
@@ -25,19 +26,12 @@ from adapters._event_rules import (
     describe,
 )
 from adapters.nats_events._errors import failure_reason
-from adapters.nats_events._internals import Client
+from adapters.nats_events._internals import drop_lane, subscribe_lane
+from adapters.nats_events.attempts import FailureRecord
 from adapters.nats_events.connection import NatsConnection
-from adapters.nats_events.dead_letters import (
-    H_DEAD_ATTEMPTS,
-    H_DEAD_DURABLE,
-    H_DEAD_ERROR,
-    H_DEAD_MSG_ID,
-    H_DEAD_REASON,
-    H_DEAD_SUBJECT,
-    dead_letter_from,
-)
-from adapters.nats_events.wire import Delivery, attempt_of, reply_info, status_of
-from domain_errors import ConfigurationError, Conflict, ErrorCode, ServiceUnavailable
+from adapters.nats_events.dead_letters import dead_letter_from, dead_letter_message
+from adapters.nats_events.wire import Delivery, attempt_of, is_ack_subject, reply_info, status_of
+from domain_errors import Conflict, ErrorCode, ServiceUnavailable
 from ports.context import bind_context
 from ports.events import (
     DEFAULT_ACK_WAIT,
@@ -46,68 +40,22 @@ from ports.events import (
     DeadLetter,
     Event,
     Handler,
-    Reject,
 )
 
 __all__ = ["NatsSubscriber", "NatsSubscription"]
 
 _PENDING_MSGS: Final = "Nats-Pending-Messages"
-
-
-class _Handoff:
-    """The FIFO from the pull inbox to the worker tasks: the part of
-    :class:`asyncio.Queue` the subscription uses (``put_nowait``, ``get_nowait``,
-    ``get``, ``empty``; unbounded), without its size and join bookkeeping. It sits
-    on every delivery."""
-
-    __slots__ = ("_getters", "_items")
-
-    def __init__(self) -> None:
-        self._items: deque[Delivery | None] = deque()
-        self._getters: deque[asyncio.Future[None]] = deque()
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put_nowait(self, item: Delivery | None) -> None:
-        self._items.append(item)
-        if self._getters:
-            self._wake_next()
-
-    def get_nowait(self) -> Delivery | None:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        return self._items.popleft()
-
-    async def get(self) -> Delivery | None:
-        items = self._items
-        while not items:
-            getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()  # in case it is still waiting
-                with contextlib.suppress(ValueError):
-                    self._getters.remove(getter)
-                if items and not getter.cancelled():
-                    # Woken, then cancelled before taking the item: pass the wake-up on.
-                    self._wake_next()
-                raise
-        return items.popleft()
-
-    def _wake_next(self) -> None:
-        getters = self._getters
-        while getters:
-            getter = getters.popleft()
-            if not getter.done():
-                getter.set_result(None)
-                return
+_FOREIGN_LOG_EVERY: Final = 1000
 
 
 class NatsSubscription:
     """A running subscription: a durable pull consumer fed continuously (the
-    :class:`ports.events.Subscription` port)."""
+    :class:`ports.events.Subscription` port).
+
+    At most ``2 x concurrency`` events are requested or queued and not yet handed to
+    a handler, so a slow member never sits on work another member could do. Attempts
+    count handler runs (:mod:`adapters.nats_events.attempts`), never deliveries.
+    """
 
     def __init__(
         self,
@@ -120,6 +68,7 @@ class NatsSubscription:
         ack_wait: float,
         backoff: tuple[float, ...],
         concurrency: int,
+        handler_timeout: float | None = None,
     ) -> None:
         s = connection.settings
         self._connection = connection
@@ -127,6 +76,7 @@ class NatsSubscription:
         self._clock = connection._clock
         self._subject = subject
         self._durable = durable
+        self._consumer = s.consumer_name(durable)
         self._wire_subject = f"{s.prefix}.{subject}"
         self._prefix_len = len(s.prefix) + 1
         self._handler = handler
@@ -134,20 +84,25 @@ class NatsSubscription:
         self._ack_wait = ack_wait
         self._backoff = backoff
         self._concurrency = concurrency
-        self._batch = max(s.pull_batch, concurrency)
+        self._handler_timeout = handler_timeout
+        self._window = 2 * concurrency
+        self._top_up = max(1, concurrency)
         self._expires = s.pull_expires
         self._heartbeat = max(0.05, s.pull_expires / 5)
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{durable}"
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{self._consumer}"
         self._inbox = ""
-        self._client: Client | None = None
+        self._client: NatsClient | None = None
         self._sub: NatsSubscription_ | None = None
-        self._queue = _Handoff()
+        self._failures: FailureRecord | None = None
+        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._tracked: dict[str, Delivery] = {}
         self._requested = 0
         self._heard = 0  # messages heard on the inbox (deliveries and statuses)
         self._quiet = 0  # watchdog ticks in a row without one
+        self._foreign = 0
         self._check_consumer = False
         self._stopping = False
+        self._broken: str | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -163,32 +118,46 @@ class NatsSubscription:
         return self._durable
 
     @property
+    def consumer(self) -> str:
+        """The consumer's name on the server: ``<SERVICE_NAME>-<durable>``."""
+        return self._consumer
+
+    @property
     def running(self) -> bool:
-        """Whether :meth:`stop` has not been called."""
-        return not self._stopping
+        """True while it delivers: not stopped, and no part of it has died."""
+        return not self._stopping and self._broken is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the subscription cannot go on (``running`` is false), if it broke."""
+        return self._broken
 
     def consumer_config(self) -> ConsumerConfig:
         """The durable consumer's configuration as this subscription wants it."""
         return ConsumerConfig(
-            name=self._durable,
-            durable_name=self._durable,
+            name=self._consumer,
+            durable_name=self._consumer,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             filter_subject=self._wire_subject,
             ack_wait=self._ack_wait,
+            # Attempts are counted by handler runs (FailureRecord), not by the server.
             max_deliver=-1,
             max_ack_pending=self._connection.settings.max_ack_pending,
         )
 
     async def ensure_consumer(self) -> None:
         """Create the durable consumer, or align an existing one's ack_wait;
-        ``Conflict`` if it exists with another subject."""
+        ``Conflict`` if it exists with another subject. Opens the failure record."""
         js = self._connection.jetstream
-        stream = self._connection.settings.stream
+        s = self._connection.settings
+        self._failures = await FailureRecord.open(
+            js, s.stream, storage=s.storage, replicas=s.replicas, max_age=s.max_age
+        )
         try:
-            info = await js.consumer_info(stream, self._durable)
+            info = await js.consumer_info(s.stream, self._consumer)
         except nats.js.errors.NotFoundError:
-            await js.add_consumer(stream, self.consumer_config())
+            await js.add_consumer(s.stream, self.consumer_config())
             return
         if info.config.filter_subject != self._wire_subject:
             current = info.config.filter_subject or ""
@@ -198,40 +167,81 @@ class NatsSubscription:
                 details={"durable": self._durable},
             )
         if abs((info.config.ack_wait or 0) - self._ack_wait) > 1e-3:
-            await js.add_consumer(stream, self.consumer_config())
+            await js.add_consumer(s.stream, self.consumer_config())
 
     async def start(self) -> None:
-        """Subscribe the pull inbox (on a direct lane), start the workers and the first
-        pull."""
-        nc = self._connection.client
-        if not isinstance(nc, Client):
-            raise ConfigurationError("NatsSubscription needs a client made by NatsConnection")
+        """Subscribe the pull inbox, start the workers and the first pull. Workers run
+        in a context of their own: a handler's context comes from its event alone."""
         loop = asyncio.get_running_loop()
-        self._client = nc
-        self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self._inbox)
-        nc.lanes[self._sub._id] = self._on_raw
+        await self._subscribe_inbox()
         self._workers = [
-            loop.create_task(self._work(), name=f"events:{self._durable}:{i}")
+            loop.create_task(
+                self._work(), name=f"events:{self._durable}:{i}", context=contextvars.Context()
+            )
             for i in range(self._concurrency)
         ]
         self._tasks = [
             loop.create_task(self._keepalive(), name=f"events:{self._durable}:keepalive"),
             loop.create_task(self._watchdog(), name=f"events:{self._durable}:watchdog"),
         ]
+        for task in (*self._workers, *self._tasks):
+            task.add_done_callback(self._on_task_done)
         self._connection._register(self)
         await self._pull()
+
+    async def _subscribe_inbox(self) -> None:
+        nc = self._connection.client
+        self._client = nc
+        self._inbox = nc.new_inbox()
+        self._sub = await subscribe_lane(nc, self._inbox, self._on_raw)
+
+    async def resubscribe(self) -> None:
+        """Subscribe the pull inbox again on the connection's current client (the old
+        one was closed and replaced), then pull. Held deliveries ack through it."""
+        if self._stopping:
+            return
+        await self._subscribe_inbox()
+        assert self._client is not None
+        for msg in self._tracked.values():
+            msg.rebind(self._client)
+        s = self._connection.settings
+        self._failures = await FailureRecord.open(
+            self._connection.jetstream,
+            s.stream,
+            storage=s.storage,
+            replicas=s.replicas,
+            max_age=s.max_age,
+        )
+        self._requested = 0
+        self._check_consumer = True
+        self._quiet = 0
+        await self._pull()
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if self._stopping:
+            return
+        if task.cancelled():
+            why = "cancelled"
+        else:
+            exc = task.exception()
+            why = describe(exc) if exc is not None else "returned"
+        self._broken = f"{task.get_name()} ended: {why}"
+        with contextlib.suppress(Exception):
+            self._logger.error(
+                "subscription cannot go on", durable=self._durable, problem=self._broken
+            )
 
     # --- pulling ---------------------------------------------------------------------
 
     async def _pull(self) -> None:
-        """Top up the outstanding pull request when half the batch is used."""
+        """Top up the outstanding pull so that requested + queued stays within
+        ``2 x concurrency``, in steps of at least ``concurrency``."""
         if self._stopping:
             return
-        want = self._batch - self._requested - len(self._tracked)
-        if want <= 0 or (self._requested > 0 and want < self._batch // 2):
+        want = self._window - self._requested - self._queue.qsize()
+        if want <= 0 or (self._requested > 0 and want < self._top_up):
             return
-        nc = self._connection._nc
+        nc = self._client
         if nc is None or not nc.is_connected:
             return
         self._requested += want
@@ -257,10 +267,14 @@ class NatsSubscription:
         self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> Awaitable[None] | None:
         """The inbox's lane: a delivery goes to the workers without an await; a
-        status message (no reply subject) is handled before the next message."""
+        status message (no reply subject) is handled before the next message; anything
+        else is foreign (another client wrote to our inbox): logged and ignored."""
         self._heard += 1
         if not reply:
             return self._on_status(headers)
+        if not is_ack_subject(reply):
+            self._on_foreign(subject, "not a JetStream delivery")
+            return None
         if self._requested > 0:
             self._requested -= 1
         assert self._client is not None
@@ -271,6 +285,17 @@ class NatsSubscription:
         self._queue.put_nowait(msg)
         return None
 
+    def _on_foreign(self, subject: bytes, what: str) -> None:
+        self._foreign += 1
+        if self._foreign % _FOREIGN_LOG_EVERY == 1:
+            self._logger.warning(
+                "foreign message on the pull inbox ignored",
+                durable=self._durable,
+                subject=subject.decode("utf-8", "replace")[:200],
+                problem=what,
+                count=self._foreign,
+            )
+
     @staticmethod
     async def _release(msg: Delivery) -> None:
         with contextlib.suppress(Exception):
@@ -278,6 +303,9 @@ class NatsSubscription:
 
     async def _on_status(self, raw: bytes | None) -> None:
         status, description, headers = status_of(raw)
+        if not status.isdigit():
+            self._on_foreign(self._inbox.encode(), "no reply subject and no status")
+            return
         if status == "100":
             return  # idle heartbeat: the pull is alive
         pending = headers.get(_PENDING_MSGS)
@@ -317,7 +345,9 @@ class NatsSubscription:
                     self._check_consumer = False
                 except Exception as exc:
                     self._logger.debug(
-                        "consumer check failed", durable=self._durable, reason=failure_reason(exc)
+                        "consumer check failed",
+                        durable=self._durable,
+                        reason=failure_reason(exc),
                     )
                     continue
             await self._pull()
@@ -326,7 +356,7 @@ class NatsSubscription:
         js = self._connection.jetstream
         stream = self._connection.settings.stream
         try:
-            await js.consumer_info(stream, self._durable)
+            await js.consumer_info(stream, self._consumer)
         except nats.js.errors.NotFoundError:
             self._logger.warning("consumer lost; re-creating it", durable=self._durable)
             try:
@@ -362,16 +392,32 @@ class NatsSubscription:
                 msg = await queue.get()
             if msg is None:
                 return
+            if self._requested + queue.qsize() <= self._window - self._top_up:
+                # Top up as the event is handed over, so the pull's round trip
+                # overlaps the handler instead of following it.
+                await self._pull()
             try:
                 await self._process(msg)
+            except BaseException as exc:
+                if is_own_cancellation(exc):
+                    # stop() timed out: the event goes back at once, using up nothing.
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    raise
+                # Our own code failed around the handler: never let a worker die.
+                with contextlib.suppress(Exception):
+                    self._logger.error(
+                        "delivery failed inside the subscription; released for redelivery",
+                        durable=self._durable,
+                        failure=describe(exc),
+                    )
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=backoff_delay(self._backoff, 1) or None)
             finally:
                 tracked.pop(msg.reply, None)
-            if self._batch - self._requested - len(tracked) >= self._batch // 2:
-                await self._pull()
 
     async def _process(self, msg: Delivery) -> None:
         reply = msg.reply
-        attempt = attempt_of(reply)
         headers = msg.lowered_headers()
         try:
             try:
@@ -384,122 +430,185 @@ class NatsSubscription:
                     msg.data, headers, lowered=True, default_time=reply_info(reply)[1]
                 )
         except event_codec.EventDecodeError as exc:
-            await self._undecodable(msg, attempt, exc.message)
+            self._logger.error(
+                "undecodable event dead-lettered",
+                subject=msg.subject,
+                durable=self._durable,
+                reason=exc.message,
+            )
+            await self._dead_letter(msg, undecodable_verdict(exc.message), 1, None, 0)
             return
         event = decoded.event
-        if attempt > self._max_deliver:
-            await self._dead_letter(msg, REASON_MAX_DELIVER, attempt, "delivery limit reached")
+        # Delivery 1 was never failed: the record is read only for redeliveries.
+        failures = 0 if attempt_of(reply) == 1 else await self._failures_of(msg, event)
+        if failures < 0:
             return
-        try:
-            with bind_context(
-                request_id=decoded.request_id,
-                event_id=event.id,
-                event_type=event.type,
-                organization_id=event.organization_id,
-                attempt=attempt,
-            ):
-                await self._handler(event)
-        except Reject as exc:
-            await self._dead_letter(msg, REASON_REJECTED, attempt, exc.reason)
-        except Exception as exc:
-            await self._failed(msg, event, attempt, exc)
-        except BaseException:
-            # Killed mid-event: let the next delivery happen now, not after ack_wait.
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
-        else:
+        attempt = failures + 1
+        verdict = before_run(attempt, self._max_deliver)
+        if verdict is not None:
+            await self._dead_letter(msg, verdict, failures, event, failures)
+            return
+        failure, timed_out = await self._run(event, decoded.request_id, attempt)
+        if failure is None:
             try:
-                await msg._nc.publish(reply, b"")  # msg.ack(), one call fewer
+                await msg.ack()
             except Exception as exc:
                 self._logger.warning(
                     "ack not sent; the event will be redelivered",
                     event_id=event.id,
                     reason=failure_reason(exc),
                 )
-
-    async def _undecodable(self, msg: Delivery, attempt: int, problem: str) -> None:
-        self._logger.error(
-            "undecodable event dead-lettered",
-            subject=msg.subject,
-            durable=self._durable,
-            reason=problem,
+            if failures:
+                await self._forget(msg)
+            return
+        verdict = after_run(
+            failure,
+            attempt=attempt,
+            max_deliver=self._max_deliver,
+            backoff=self._backoff,
+            timed_out=timed_out,
         )
-        await self._dead_letter(msg, REASON_UNDECODABLE, attempt, problem)
+        if verdict.action == "retry":
+            await self._retry(msg, event, attempt, verdict)
+        else:
+            if verdict.reason == REASON_MAX_DELIVER:
+                self._logger.error(
+                    "event handler failed for the last time; dead-lettered",
+                    event_id=event.id,
+                    durable=self._durable,
+                    attempt=attempt,
+                    failure=verdict.error,
+                )
+            await self._dead_letter(msg, verdict, attempt, event, failures)
 
-    async def _failed(self, msg: Delivery, event: Event, attempt: int, exc: Exception) -> None:
-        if attempt >= self._max_deliver:
-            self._logger.error(
-                "event handler failed for the last time; dead-lettered",
-                exc=exc,
+    async def _run(
+        self, event: Event, request_id: str | None, attempt: int
+    ) -> tuple[BaseException | None, bool]:
+        """Run the handler once: what it raised (anything but this task's own
+        cancellation), and whether it ran past ``handler_timeout``."""
+        timed_out = False
+        try:
+            with bind_context(
+                request_id=request_id,
+                event_id=event.id,
+                event_type=event.type,
+                organization_id=event.organization_id,
+                attempt=attempt,
+            ):
+                if self._handler_timeout is None:
+                    await self._handler(event)
+                else:
+                    async with asyncio.timeout(self._handler_timeout) as deadline:
+                        try:
+                            await self._handler(event)
+                        finally:
+                            timed_out = deadline.expired()
+        except BaseException as exc:
+            if is_own_cancellation(exc):
+                raise
+            return exc, timed_out
+        return None, False
+
+    async def _failures_of(self, msg: Delivery, event: Event) -> int:
+        """Failed runs recorded for ``msg``; -1 (and the event released for later)
+        when the record cannot be read: running the handler blind could exceed
+        ``max_deliver``."""
+        assert self._failures is not None
+        try:
+            return await self._failures.failures(self._consumer, msg.stream_sequence)
+        except Exception as exc:
+            self._logger.warning(
+                "failure record not readable; the event will come back",
                 event_id=event.id,
                 durable=self._durable,
-                attempt=attempt,
+                reason=failure_reason(exc),
             )
-            await self._dead_letter(msg, REASON_MAX_DELIVER, attempt, describe(exc))
-            return
-        delay = backoff_delay(self._backoff, attempt)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_delay(self._backoff, 1) or None)
+            return -1
+
+    async def _forget(self, msg: Delivery) -> None:
+        if self._failures is not None:
+            await self._failures.forget(self._consumer, msg.stream_sequence)
+
+    async def _retry(self, msg: Delivery, event: Event, attempt: int, verdict: Verdict) -> None:
         self._logger.warning(
             "event handler failed; will retry",
             event_id=event.id,
             durable=self._durable,
             attempt=attempt,
-            retry_in_s=delay,
-            failure=describe(exc),
+            retry_in_s=verdict.delay,
+            failure=verdict.error,
         )
+        assert self._failures is not None
         try:
-            await msg.nak(delay=delay if delay > 0 else None)
+            await self._failures.record(self._consumer, msg.stream_sequence, attempt)
+        except Exception as exc:
+            self._logger.warning(
+                "failed attempt not recorded", event_id=event.id, reason=failure_reason(exc)
+            )
+        try:
+            await msg.nak(delay=verdict.delay if verdict.delay > 0 else None)
         except Exception as nak_exc:
-            self._logger.warning("nak not sent", event_id=event.id, reason=failure_reason(nak_exc))
+            self._logger.warning(
+                "nak not sent", event_id=event.id, reason=failure_reason(nak_exc)
+            )
 
-    async def _dead_letter(self, msg: Delivery, reason: str, attempts: int, error: str) -> None:
+    async def _dead_letter(
+        self,
+        msg: Delivery,
+        verdict: Verdict,
+        attempts: int,
+        event: Event | None,
+        failures: int,
+    ) -> None:
         connection = self._connection
         s = connection.settings
-        subject = msg.subject[self._prefix_len :]
-        headers = msg.headers
-        original_id = None
-        for key in list(headers):
-            if key.lower() == event_codec.H_MSG_ID.lower():
-                original_id = headers.pop(key)
-        if original_id is not None:
-            headers[H_DEAD_MSG_ID] = original_id
-        headers.update(
-            {
-                H_DEAD_SUBJECT: event_codec.header_value(subject),
-                H_DEAD_DURABLE: self._durable,
-                H_DEAD_REASON: reason,
-                H_DEAD_ATTEMPTS: str(attempts),
-                H_DEAD_ERROR: event_codec.header_value(error),
-                # Dedupe the dead letter itself: once per (durable, stream sequence).
-                event_codec.H_MSG_ID: f"{self._durable}:{msg.stream_sequence}",
-            }
+        subject, body, headers = dead_letter_message(
+            subject=msg.subject[self._prefix_len :],
+            durable=self._durable,
+            data=msg.data,
+            headers=msg.headers,
+            reason=verdict.reason,
+            attempts=attempts,
+            error=verdict.error,
+            stream_sequence=msg.stream_sequence,
+            dead_prefix=s.dead_prefix,
+            max_payload=connection.max_payload,
         )
+        event_id = event.id if event is not None else None
         try:
-            await connection.publish_message(
-                f"{s.dead_prefix}.{self._durable}.{subject}", msg.data, headers
-            )
+            await connection.publish_message(subject, body, headers)
         except Exception as exc:
             self._logger.error(
                 "dead letter not stored; the event will come back",
-                exc=exc,
+                event_id=event_id,
                 durable=self._durable,
-                reason=reason,
+                dead_letter_reason=verdict.reason,
+                reason=failure_reason(exc),
             )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=max(self._backoff or (1.0,)))
             return
         self._logger.warning(
-            "event dead-lettered", durable=self._durable, reason=reason, attempts=attempts
+            "event dead-lettered",
+            event_id=event_id,
+            durable=self._durable,
+            dead_letter_reason=verdict.reason,
+            attempts=attempts,
         )
         with contextlib.suppress(Exception):
             await msg.term()
+        if failures:
+            await self._forget(msg)
 
     # --- stopping --------------------------------------------------------------------
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; release messages not started (nak, for the durable's other
-        members); let running handlers finish and ack for up to ``timeout`` seconds,
-        then cancel them (their events are nak'ed). Idempotent, concurrency-safe."""
+        members; a release uses up no attempt); let running handlers finish and ack for
+        up to ``timeout`` seconds, then cancel them (their events are nak'ed).
+        Idempotent, concurrency-safe."""
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self._stop(timeout))
         await asyncio.shield(self._stopped)
@@ -507,7 +616,7 @@ class NatsSubscription:
     async def _stop(self, timeout: float) -> None:
         self._stopping = True
         sub = self._sub
-        nc = self._connection._nc
+        nc = self._client
         if sub is not None and nc is not None and not nc.is_closed:
             try:
                 # Unsubscribe and flush: after this no message of ours is in flight.
@@ -518,8 +627,8 @@ class NatsSubscription:
             except Exception:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        if sub is not None and self._client is not None:
-            self._client.lanes.pop(sub._id, None)
+        if sub is not None and nc is not None:
+            drop_lane(nc, sub)
         released: list[Delivery] = []
         while not self._queue.empty():
             msg = self._queue.get_nowait()
@@ -559,6 +668,7 @@ class NatsSubscriber:
         ack_wait: float = DEFAULT_ACK_WAIT,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         concurrency: int = 1,
+        handler_timeout: float | None = None,
     ) -> NatsSubscription:
         """Start consuming ``subject`` (relative, wildcards allowed) as ``durable``.
 
@@ -569,7 +679,11 @@ class NatsSubscriber:
         check_subscribe_subject(subject)
         check_durable(durable)
         delays = check_subscribe_options(
-            max_deliver=max_deliver, ack_wait=ack_wait, backoff=backoff, concurrency=concurrency
+            max_deliver=max_deliver,
+            ack_wait=ack_wait,
+            backoff=backoff,
+            concurrency=concurrency,
+            handler_timeout=handler_timeout,
         )
         subscription = NatsSubscription(
             self._connection,
@@ -580,6 +694,7 @@ class NatsSubscriber:
             ack_wait=float(ack_wait),
             backoff=delays,
             concurrency=concurrency,
+            handler_timeout=handler_timeout,
         )
         try:
             await subscription.ensure_consumer()

@@ -9,7 +9,14 @@ from typing import Final
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-__all__ = ["Delivery", "header_lines", "status_of", "attempt_of", "reply_info"]
+__all__ = [
+    "Delivery",
+    "header_lines",
+    "status_of",
+    "is_ack_subject",
+    "attempt_of",
+    "reply_info",
+]
 
 _SPACE: Final = re.compile(r"\s")
 _VERSION_LINE: Final = b"NATS/1.0"
@@ -107,6 +114,13 @@ class Delivery:
         tokens = self.reply.split(".")
         return int(tokens[5 if len(tokens) == 9 else 7])
 
+    def rebind(self, nc: NatsClient) -> None:
+        """Send this delivery's acknowledgements through ``nc`` (a replacement client)."""
+        self._nc = nc
+
+    async def ack(self) -> None:
+        await self._nc.publish(self.reply, b"")
+
     async def nak(self, delay: float | None = None) -> None:
         payload = _NAK if not delay else _NAK + b' {"delay":%d}' % int(delay * 1e9)
         await self._nc.publish(self.reply, payload)
@@ -116,6 +130,21 @@ class Delivery:
 
     async def in_progress(self) -> None:
         await self._nc.publish(self.reply, _PROGRESS)
+
+
+def is_ack_subject(reply: bytes) -> bool:
+    """Whether ``reply`` is a JetStream delivery's ack subject (anything else on a pull
+    inbox is a foreign message: ignored, never handled)."""
+    if not reply.startswith(b"$JS.ACK."):
+        return False
+    tokens = reply.split(b".")
+    if len(tokens) == 9:
+        numbers = tokens[4:9]
+    elif len(tokens) >= 11:
+        numbers = tokens[6:10]
+    else:
+        return False
+    return all(token.isdigit() for token in numbers)
 
 
 def attempt_of(reply: str) -> int:

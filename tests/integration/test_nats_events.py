@@ -378,7 +378,9 @@ class TestConsuming:
         sub = await NatsSubscriber(connection).subscribe("orders.>", handler, durable="lost")
         await NatsPublisher(connection).publish(_event(1))
         await wait_until(lambda: seen == [1], what="first event")
-        await connection.jetstream.delete_consumer(connection.settings.stream, "lost")
+        await connection.jetstream.delete_consumer(
+            connection.settings.stream, connection.settings.consumer_name("lost")
+        )
         await wait_until(
             lambda: bool(logger.find("consumer lost; re-creating it")), what="re-created"
         )
@@ -400,7 +402,9 @@ class TestConsuming:
 
         async def consumer_back() -> bool:
             try:
-                await connection.jetstream.consumer_info(connection.settings.stream, "gone")
+                await connection.jetstream.consumer_info(
+                    connection.settings.stream, connection.settings.consumer_name("gone")
+                )
             except Exception:
                 return False
             return True
@@ -422,7 +426,9 @@ class TestConsuming:
         sub = await subscriber.subscribe("orders.>", handler, durable="aw", ack_wait=30)
         await sub.stop()
         sub = await subscriber.subscribe("orders.>", handler, durable="aw", ack_wait=7)
-        info = await connection.jetstream.consumer_info(connection.settings.stream, "aw")
+        info = await connection.jetstream.consumer_info(
+            connection.settings.stream, connection.settings.consumer_name("aw")
+        )
         assert info.config.ack_wait == 7
         assert info.config.max_deliver == -1
         await sub.stop()

@@ -1,0 +1,259 @@
+"""Events under the operations of an ordinary week, on a real NATS server: rolling
+restarts of a consumer, handlers that fail in every way, foreign messages on a pull
+inbox, a subscription that cannot go on, and an installed nats-py that does not match
+the direct lane.
+
+Each test prints its figures (run with ``-s``): handled, dead-lettered, lost, duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from adapters.memory import InMemoryConfig
+from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
+from adapters.nats_events import _internals as internals
+from adapters.nats_events import connection as connection_module
+from domain_errors import ServiceUnavailable
+from ports.context import bind_context, current_context
+from ports.events import Event
+from testing.fakes import RecordingLogger
+from testing.servers import nats_server
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+
+_names = iter(range(1_000_000))
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    with nats_server() as server:
+        yield server.url
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    url: str, name: str, logger: RecordingLogger | None = None
+) -> AsyncIterator[NatsConnection]:
+    connection = NatsConnection.from_config(
+        InMemoryConfig(
+            {
+                "NATS_URL": url,
+                "SERVICE_NAME": "ops",
+                "EVENTS_STREAM": name,
+                "EVENTS_PREFIX": name.lower(),
+                "EVENTS_STORAGE": "memory",
+                "EVENTS_PUBLISH_TIMEOUT_S": "2",
+                "EVENTS_PULL_EXPIRES_S": "1",
+            }
+        ),
+        logger=logger if logger is not None else RecordingLogger(),
+    )
+    await connection.connect()
+    try:
+        yield connection
+    finally:
+        await connection.close(timeout=2)
+
+
+def _name(what: str) -> str:
+    return f"OPS_{what}_{next(_names)}"
+
+
+def _events(n: int, type_: str = "ops.tick") -> list[Event]:
+    return [Event(type=type_, source="ops", organization_id="org", data={"n": i}) for i in range(n)]
+
+
+async def test_rolling_restarts_dead_letter_nothing(server_url: str) -> None:
+    """200 events, a consumer with default settings restarted 6 times 0.3 s apart, then
+    drained: 200 handled, 0 dead letters, every first handling at attempt 1."""
+    async with _connected(server_url, _name("ROLLING")) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        events = _events(200)
+        await publisher.publish_many(events)
+        first_attempt: dict[str, int] = {}
+        handled: Counter[str] = Counter()
+
+        async def handler(event: Event) -> None:
+            first_attempt.setdefault(event.id, current_context()["attempt"])
+            await asyncio.sleep(0.005)  # work that takes time, so restarts cut into it
+            handled[event.id] += 1
+
+        sub = await subscriber.subscribe("ops.>", handler, durable="projection")
+        for _ in range(6):
+            await asyncio.sleep(0.3)  # the deploy's pace, not a synchronisation
+            await sub.stop(timeout=5)
+            sub = await subscriber.subscribe("ops.>", handler, durable="projection")
+        await wait_until(lambda: len(handled) == 200, timeout=30, what="all handled")
+        await sub.stop()
+        dead = await subscriber.dead_letters()
+    duplicates = sum(count - 1 for count in handled.values())
+    print(
+        f"\nrolling restarts: handled {len(handled)}, dead-lettered {len(dead)}, "
+        f"lost {200 - len(handled)}, duplicates {duplicates}"
+    )
+    assert set(handled) == {e.id for e in events}
+    assert dead == []
+    assert set(first_attempt.values()) == {1}
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+class _Boom(BaseException):
+    """A BaseException that is not the worker's own cancellation."""
+
+
+async def test_handlers_failing_in_every_way_never_kill_a_worker(server_url: str) -> None:
+    """A handler that raises its own CancelledError, an exception whose str() raises,
+    or a BaseException subclass: each is a failed attempt, redelivered and then
+    handled; the subscription keeps running and handles later events."""
+    logger = RecordingLogger()
+    async with _connected(server_url, _name("BROKEN"), logger) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        failures = {
+            "cancelled": asyncio.CancelledError(),
+            "unprintable": _Unprintable(),
+            "base": _Boom(),
+        }
+        attempts: dict[str, list[int]] = {kind: [] for kind in failures}
+        later: list[str] = []
+
+        async def handler(event: Event) -> None:
+            kind = event.data.get("kind")
+            if kind is None:
+                later.append(event.id)
+                return
+            attempts[kind].append(current_context()["attempt"])
+            if len(attempts[kind]) == 1:
+                raise failures[kind]
+
+        sub = await subscriber.subscribe(
+            "ops.>", handler, durable="broken", backoff=(0.05,), concurrency=1
+        )
+        await publisher.publish_many(
+            [
+                Event(type="ops.x", source="t", organization_id="o", data={"kind": k})
+                for k in failures
+            ]
+        )
+        await wait_until(
+            lambda: all(len(a) == 2 for a in attempts.values()), timeout=15, what="retried"
+        )
+        await publisher.publish_many(_events(3))
+        await wait_until(lambda: len(later) == 3, timeout=15, what="later events handled")
+        assert sub.running
+        await sub.stop()
+        dead = await subscriber.dead_letters()
+    assert attempts == {kind: [1, 2] for kind in failures}
+    assert dead == []
+    retries = logger.messages(level="warning")
+    assert retries.count("event handler failed; will retry") == 3
+
+
+async def test_foreign_messages_on_the_pull_inbox_are_ignored(server_url: str) -> None:
+    """Messages another client publishes to a subscription's pull inbox (no reply, a
+    reply that is not a JetStream ack subject, a half ack subject) are logged and
+    ignored; the subscription keeps handling events."""
+    logger = RecordingLogger()
+    async with _connected(server_url, _name("FOREIGN"), logger) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        handled: list[str] = []
+
+        async def handler(event: Event) -> None:
+            handled.append(event.id)
+
+        sub = await subscriber.subscribe("ops.>", handler, durable="foreign")
+        inbox = sub._inbox
+        hostile = connection.client  # any client on the network that learns the inbox
+        await hostile.publish(inbox, b"hello")
+        await hostile.publish(inbox, b"{}", reply="reply.to.me")
+        await hostile.publish(inbox, b"{}", reply="$JS.ACK.x.y")
+        await hostile.publish(inbox, b"{}", headers={"Status": "no"})
+        await hostile.flush()
+        events = _events(5)
+        await publisher.publish_many(events)
+        await wait_until(lambda: len(handled) == 5, timeout=15, what="events handled")
+        assert sub.running
+        await sub.stop()
+    assert handled == [e.id for e in events]
+    logger.assert_logged("foreign message on the pull inbox ignored", level="warning")
+
+
+async def test_a_subscription_that_cannot_go_on_says_so(server_url: str) -> None:
+    """When a part of a subscription dies, ``running`` turns false, the reason is
+    logged at error and the connection's health check reports it."""
+    logger = RecordingLogger()
+    async with _connected(server_url, _name("DEAD")) as connection:
+        connection._logger = logger
+        subscriber = NatsSubscriber(connection)
+
+        async def handler(event: Event) -> None:
+            return None
+
+        sub = await subscriber.subscribe("ops.>", handler, durable="dies", concurrency=2)
+        sub._logger = logger
+        await connection.health_check()
+        sub._workers[0].cancel()  # what an unexpected crash of our own code looks like
+        await wait_until(lambda: not sub.running, timeout=5, what="running turned false")
+        with pytest.raises(ServiceUnavailable, match="dies"):
+            await connection.health_check()
+        await sub.stop()
+    logger.assert_logged("subscription cannot go on", level="error")
+
+
+async def test_handler_context_comes_from_the_event_alone(server_url: str) -> None:
+    """A request_id bound around ``subscribe`` never reaches a handler of an event
+    that carries none."""
+    async with _connected(server_url, _name("CONTEXT")) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        seen: list[object] = []
+
+        async def handler(event: Event) -> None:
+            seen.append(current_context().get("request_id"))
+
+        with bind_context(request_id="the-subscriber's-own"):
+            sub = await subscriber.subscribe("ops.>", handler, durable="context")
+        await publisher.publish(_events(1)[0])
+        with bind_context(request_id="req-1"):
+            await publisher.publish(_events(1)[0])
+        await wait_until(lambda: len(seen) == 2, timeout=10, what="handled")
+        await sub.stop()
+    assert seen == [None, "req-1"]
+
+
+async def test_a_mismatched_nats_py_falls_back_to_its_public_api(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the installed nats-py does not match the direct lane, the connection says
+    so once and publishes and consumes through nats-py's public API."""
+    monkeypatch.setattr(connection_module, "lanes_supported", lambda: False)
+    logger = RecordingLogger()
+    async with _connected(server_url, _name("FALLBACK"), logger) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        handled: list[tuple[str, object]] = []
+
+        async def handler(event: Event) -> None:
+            handled.append((event.id, current_context().get("request_id")))
+            if len(handled) == 1:
+                raise RuntimeError("once")
+
+        assert not isinstance(connection.client, internals.Client)
+        sub = await subscriber.subscribe("ops.>", handler, durable="fallback", backoff=(0.05,))
+        event = _events(1)[0]
+        with bind_context(request_id="r-1"):
+            await publisher.publish(event)
+        await wait_until(lambda: len(handled) == 2, timeout=10, what="retried and handled")
+        await sub.stop()
+    assert handled == [(event.id, "r-1"), (event.id, "r-1")]
+    logger.assert_logged(
+        "installed nats-py does not match the direct lane; using its public API", level="warning"
+    )
