@@ -8,8 +8,10 @@ Side by side, in one process, on the same server and the same messages:
 
 - publish + PubAck, sequential: ``NatsPublisher.publish`` vs ``js.publish``
 - pipelined: ``NatsPublisher.publish_many`` vs ``js.publish_async`` + gather
-- consume + ack: ``NatsSubscriber`` (continuous pull) vs a raw pull consumer
-  (``fetch(256)`` + ``ack``) and a raw push consumer (callback + ``ack``)
+- consume + ack at concurrency 1 and 16: ``NatsSubscriber`` (continuous pull holding
+  at most ``2 x concurrency`` events it has not started, ADR 0024) vs a raw pull
+  consumer holding as many (``fetch(2 x c)`` + ``ack``), and, for information, a raw
+  push consumer that holds up to 10,000 (callback + ``ack``)
 - ``InMemoryEventBus``: publish_many to handled
 
 Raw paths get their payloads and headers pre-encoded (our codec's output), so the
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nats
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import event_codec
@@ -117,7 +120,7 @@ async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Re
     await conn.connect()
     nc = await nats.connect(url)
     js = nc.jetstream()
-    publisher, subscriber = NatsPublisher(conn), NatsSubscriber(conn)
+    publisher = NatsPublisher(conn)
     prefix = conn.settings.prefix
     results: list[Result] = []
 
@@ -163,14 +166,33 @@ async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Re
     results.append(("publish_many vs publish_async", ours_rates, raw_rates, 1.0))
 
     # -- consume + ack ------------------------------------------------------------------
+    # A subscription holds at most 2 x concurrency events it has not started (ADR 0024).
+    # Like with like: a raw pull consumer holding the same number (fetch(2 x c), ack
+    # each); the raw push callback holds up to 10,000 and is shown for information.
     n = sizes["consume"]
-    ours_rates, pull_rates, push_rates, push_decode_rates = [], [], [], []
+    for concurrency in (1, 16):
+        results.extend(await _consume(conn, js, prefix, n, rounds, concurrency))
+
+    await js.delete_stream("BENCH")
+    await js.delete_stream("BENCH_DEAD")
+    await nc.close()
+    await conn.close()
+    return results
+
+
+async def _consume(
+    conn: NatsConnection, js: JetStreamContext, prefix: str, n: int, rounds: int, c: int
+) -> list[Result]:
+    publisher, subscriber = NatsPublisher(conn), NatsSubscriber(conn)
+    ours_rates: list[float] = []
+    pull_rates: list[float] = []
+    push_rates: list[float] = []
     for r in range(rounds):
-        subject = f"consume{r}"
+        subject = f"consume{c}x{r}"
         await publisher.publish_many(events(n, f"{subject}.tick"))
         wire = f"{prefix}.{subject}.>"
 
-        async def ours_consume(subject: str = subject, r: int = r) -> None:
+        async def ours(subject: str = subject, r: int = r) -> None:
             done = asyncio.Event()
             count = 0
 
@@ -180,31 +202,30 @@ async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Re
                 if count == n:
                     done.set()
 
-            sub = await subscriber.subscribe(f"{subject}.>", handler, durable=f"ours{r}")
+            sub = await subscriber.subscribe(
+                f"{subject}.>", handler, durable=f"ours{c}x{r}", concurrency=c
+            )
             await done.wait()
             await sub.stop()
 
         async def raw_pull(wire: str = wire, r: int = r) -> None:
-            psub = await js.pull_subscribe(wire, durable=f"pull{r}", stream="BENCH")
+            psub = await js.pull_subscribe(wire, durable=f"pull{c}x{r}", stream="BENCH")
             count = 0
             while count < n:
                 try:
-                    msgs = await psub.fetch(256, timeout=1)
+                    msgs = await psub.fetch(2 * c, timeout=1)
                 except nats.errors.TimeoutError:
                     continue
-                for msg in msgs:
-                    await msg.ack()
+                await asyncio.gather(*(msg.ack() for msg in msgs))
                 count += len(msgs)
             await psub.unsubscribe()
 
-        async def raw_push(wire: str = wire, r: int = r, decode: bool = False) -> None:
+        async def raw_push(wire: str = wire, r: int = r) -> None:
             done = asyncio.Event()
             count = 0
 
             async def cb(msg: Msg) -> None:
                 nonlocal count
-                if decode:
-                    event_codec.decode_message(msg.data, msg.headers)
                 await msg.ack()
                 count += 1
                 if count == n:
@@ -215,30 +236,19 @@ async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Re
                 deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=10_000,
             )
-            name = f"push{'d' if decode else ''}{r}"
             sub = await js.subscribe(
-                wire, durable=name, stream="BENCH", cb=cb, manual_ack=True, config=config
+                wire, durable=f"push{c}x{r}", stream="BENCH", cb=cb, manual_ack=True, config=config
             )
             await done.wait()
             await sub.unsubscribe()
 
-        async def raw_push_decode(wire: str = wire, r: int = r) -> None:
-            await raw_push(wire, r, decode=True)
-
-        rates = await paired(r, n, ours_consume, raw_pull, raw_push, raw_push_decode)
-        for rates_of, rate in zip(
-            (ours_rates, pull_rates, push_rates, push_decode_rates), rates, strict=True
-        ):
+        rates = await paired(r, n, ours, raw_pull, raw_push)
+        for rates_of, rate in zip((ours_rates, pull_rates, push_rates), rates, strict=True):
             rates_of.append(rate)
-    results.append(("consume + ack vs raw pull fetch(256)", ours_rates, pull_rates, 0.9))
-    results.append(("consume + ack vs raw push callback", ours_rates, push_rates, 0.9))
-    results.append(("  (info) vs raw push + our decode", ours_rates, push_decode_rates, None))
-
-    await js.delete_stream("BENCH")
-    await js.delete_stream("BENCH_DEAD")
-    await nc.close()
-    await conn.close()
-    return results
+    return [
+        (f"consume c={c} vs raw pull fetch({2 * c})", ours_rates, pull_rates, 0.9),
+        (f"  (info) c={c} vs raw push, unbounded", ours_rates, push_rates, None),
+    ]
 
 
 async def bench_memory(n: int, rounds: int) -> Result:
