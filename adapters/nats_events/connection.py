@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Literal, cast
@@ -24,9 +25,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from adapters._event_rules import NullLogger
+from adapters._event_rules import DEFAULT_MAX_PAYLOAD, NullLogger, check_wire_size
 from adapters.nats_events._errors import AckError, NoResponders, failure_reason, is_retryable
-from adapters.nats_events._internals import Client
+from adapters.nats_events._internals import lanes_supported, new_client
 from adapters.nats_events.settings import NatsSettings, redact_url
 from domain_errors import BadRequest, ConfigurationError, ErrorCode, ServiceUnavailable
 from ports.clock import Clock, SystemClock
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
 __all__ = ["NatsConnection"]
 
 _STATUS: Final = "Status"
+_UTF8_MAX: Final = 4  # bytes per character, at most
+
+
+def _check_size(subject: str, body: bytes, headers: dict[str, str], limit: int) -> None:
+    """:func:`check_wire_size`, skipped when a cheap upper bound already fits."""
+    chars = sum(map(len, headers)) + sum(map(len, headers.values())) + len(headers)
+    if len(body) + _UTF8_MAX * chars + 12 > limit:
+        check_wire_size(subject, body, headers, limit)
 
 
 class NatsConnection:
@@ -71,7 +80,9 @@ class NatsConnection:
         self._reply_sub: NatsSubscription_ | None = None
         self._acks: dict[str, asyncio.Future[PublishAck]] = {}
         self._tokens = itertools.count(1)
+        self._replacer: asyncio.Task[None] | None = None
         self._where = ",".join(redact_url(s) for s in settings.servers)
+        self._direct = True
 
     @classmethod
     def from_config(
@@ -93,14 +104,33 @@ class NatsConnection:
     @property
     def client(self) -> NatsClient:
         """The nats-py client (for escape hatches); ``ServiceUnavailable`` before
-        ``connect()`` or after ``close()``."""
-        if self._nc is None or self._state != "open":
+        ``connect()``, after ``close()``, and while a client the server closed is being
+        replaced (reason ``replacing``)."""
+        nc = self._nc
+        if nc is None or self._state != "open":
             raise ServiceUnavailable(
                 "NATS connection is not open (call connect() first)",
                 code=ErrorCode.BROKER_UNAVAILABLE,
                 details={"reason": self._state},
             )
-        return self._nc
+        if nc.is_closed:
+            raise ServiceUnavailable(
+                "the NATS server closed the client; replacing it",
+                code=ErrorCode.BROKER_UNAVAILABLE,
+                details={"reason": "replacing" if self._replacing else "closed by server"},
+            )
+        return nc
+
+    @property
+    def _replacing(self) -> bool:
+        return self._replacer is not None and not self._replacer.done()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers and body) the server accepts, as the current
+        client last heard it (NATS's default, 1 MiB, before any connect). Never raises."""
+        nc = self._nc
+        return nc.max_payload if nc is not None else DEFAULT_MAX_PAYLOAD
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -132,27 +162,18 @@ class NatsConnection:
             reraise=True,
         )
         self._state = "connecting"
+        self._direct = lanes_supported()
+        if not self._direct:
+            self._logger.warning(
+                "installed nats-py does not match the direct lane; using its public API",
+                nats_py=importlib.metadata.version("nats-py"),
+            )
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    client = Client()
-                    await client.connect(
-                        servers=s.servers,
-                        name=s.name,
-                        connect_timeout=max(1, round(s.connect_timeout)),
-                        # Annotated int by nats-py, used as asyncio.sleep's delay.
-                        reconnect_time_wait=s.reconnect_wait,  # type: ignore[arg-type]
-                        # nats-py loops forever on a first connect when this is -1:
-                        # tenacity owns first-connect retries, see below.
-                        max_reconnect_attempts=1,
-                        allow_reconnect=True,
-                        error_cb=self._on_error,
-                        disconnected_cb=self._on_disconnected,
-                        reconnected_cb=self._on_reconnected,
-                        closed_cb=self._on_closed,
-                        drain_timeout=30,
-                    )
+                    client = new_client(direct=self._direct)
+                    await self._connect_client(client)
                     self._nc = client
         except Exception as exc:
             self._state = "new"
@@ -164,11 +185,7 @@ class NatsConnection:
             ) from exc
         nc = self._nc
         assert nc is not None
-        # Once connected, reconnect forever (read by nats-py at each reconnect).
-        nc.options["max_reconnect_attempts"] = -1
-        self._js = nc.jetstream(timeout=s.api_timeout)
-        self._reply_prefix = nc.new_inbox() + "."
-        self._reply_sub = await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
+        await self._install(nc)
         self._state = "open"
         try:
             await self.ensure_streams()
@@ -182,6 +199,35 @@ class NatsConnection:
             prefix=s.prefix,
             attempts=attempts,
         )
+
+    async def _connect_client(self, client: NatsClient) -> None:
+        """Connect ``client`` with this connection's options and callbacks."""
+        s = self.settings
+        await client.connect(
+            servers=s.servers,
+            name=s.name,
+            connect_timeout=max(1, round(s.connect_timeout)),
+            # Annotated int by nats-py, used as asyncio.sleep's delay.
+            reconnect_time_wait=s.reconnect_wait,  # type: ignore[arg-type]
+            # nats-py loops forever on a first connect when this is -1:
+            # tenacity (or the replacement loop) owns first-connect retries.
+            max_reconnect_attempts=1,
+            allow_reconnect=True,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            drain_timeout=30,
+        )
+
+    async def _install(self, nc: NatsClient) -> None:
+        """Make the connected ``nc`` this connection's client: reconnect forever, a
+        JetStream context, and the PubAck reply inbox."""
+        # Once connected, reconnect forever (read by nats-py at each reconnect).
+        nc.options["max_reconnect_attempts"] = -1
+        self._js = nc.jetstream(timeout=self.settings.api_timeout)
+        self._reply_prefix = nc.new_inbox() + "."
+        self._reply_sub = await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
 
     def _log_connect_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -204,7 +250,8 @@ class NatsConnection:
         self._logger.warning("nats client error", reason=failure_reason(exc))
 
     async def _on_disconnected(self) -> None:
-        if self._state == "open":
+        nc = self._nc
+        if self._state == "open" and nc is not None and not nc.is_closed:
             self._logger.warning("nats disconnected; reconnecting", servers=self._where)
 
     async def _on_reconnected(self) -> None:
@@ -213,11 +260,114 @@ class NatsConnection:
             subscription._on_reconnected()
 
     async def _on_closed(self) -> None:
-        self._logger.info("nats connection closed", servers=self._where)
+        """nats-py closed a client. Ours closing (``close()``) ends here; a client the
+        server closed for good (``-ERR``, auth expiry, anything else) while the
+        connection is open is replaced in the background."""
+        nc = self._nc
+        if self._state != "open" or nc is None or not nc.is_closed:
+            if self._state == "closed":
+                self._logger.info("nats connection closed", servers=self._where)
+            return
+        if self._replacing:
+            return
+        last = nc.last_error
+        self._logger.error(
+            "nats server closed the client for good; replacing it",
+            servers=self._where,
+            reason=failure_reason(last) if last is not None else "closed",
+        )
+        self._fail_pending("the NATS server closed the client; replacing it")
+        self._replacer = asyncio.get_running_loop().create_task(
+            self._replace(), name="nats:replace-client"
+        )
+
+    async def _replace(self) -> None:
+        """Build a new client (retrying forever, backoff capped as at connect), install
+        it, then let every subscription subscribe again on it; again if the server
+        closes the new one meanwhile."""
+        began = self._clock.monotonic()
+        attempts = 0
+        while True:
+            attempts += await self._replace_once()
+            nc = self._nc
+            if nc is not None and not nc.is_closed:
+                break
+            self._fail_pending("the NATS server closed the client; replacing it")
+        self._logger.info(
+            "nats client replaced",
+            server=self._server(),
+            attempts=attempts,
+            took_s=round(self._clock.monotonic() - began, 3),
+        )
+
+    async def _replace_once(self) -> int:
+        s = self.settings
+        delay = s.connect_backoff
+        cap = max(s.connect_backoff, 0.1) * 16
+        attempts = 0
+        while True:
+            attempts += 1
+            client = new_client(direct=self._direct)
+            try:
+                await self._connect_client(client)
+                # Until installed, _on_closed ignores this client (it is not _nc).
+                await self._install(client)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await client.close()
+                raise
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await client.close()
+                self._logger.warning(
+                    "nats client not replaced yet; retrying",
+                    servers=self._where,
+                    attempt=attempts,
+                    retry_in_s=round(min(delay, cap), 3),
+                    reason=failure_reason(exc),
+                )
+                await self._clock.sleep(min(delay, cap))
+                delay *= 2
+                continue
+            break
+        self._nc = client
+        try:
+            # A server that closed us may have restarted without its streams.
+            await self.ensure_streams()
+        except Exception as exc:
+            self._logger.warning(
+                "streams not ensured after replacing the client", reason=failure_reason(exc)
+            )
+        for subscription in list(self._subscriptions):
+            try:
+                # The pull inbox again, on the current client; then it pulls.
+                await subscription.resubscribe()
+            except Exception as exc:
+                self._logger.error(
+                    "subscription not resumed on the new nats client",
+                    exc=exc,
+                    durable=subscription.durable,
+                )
+        return attempts
+
+    def _fail_pending(self, message: str) -> None:
+        """Fail every publish still waiting for a PubAck (none will come)."""
+        acks, self._acks = self._acks, {}
+        for future in acks.values():
+            if not future.done():
+                future.set_exception(ServiceUnavailable(message, code=ErrorCode.BROKER_UNAVAILABLE))
 
     async def health_check(self) -> None:
-        """``ServiceUnavailable`` unless connected and JetStream answers."""
+        """``ServiceUnavailable`` unless connected and JetStream answers (reason
+        ``replacing`` while a client the server closed is being replaced, until its
+        subscriptions resumed)."""
         js = self.jetstream
+        if self._replacing:
+            raise ServiceUnavailable(
+                "NATS client being replaced (subscriptions resuming)",
+                code=ErrorCode.BROKER_UNAVAILABLE,
+                details={"reason": "replacing"},
+            )
         if not self.connected:
             raise ServiceUnavailable(
                 "NATS is disconnected (reconnecting)",
@@ -232,6 +382,13 @@ class NatsConnection:
                 code=ErrorCode.BROKER_UNAVAILABLE,
                 details={"reason": "health"},
             ) from exc
+        broken = sorted(s.durable for s in self._subscriptions if s.problem is not None)
+        if broken:
+            raise ServiceUnavailable(
+                f"subscriptions cannot go on: {', '.join(broken)}",
+                code=ErrorCode.BROKER_UNAVAILABLE,
+                details={"reason": "subscription", "durables": broken},
+            )
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop subscriptions (handlers finish), drain and close. Idempotent."""
@@ -239,19 +396,22 @@ class NatsConnection:
             self._state = "closed"
             return
         self._state = "closed"
+        await self._stop_replacing()
         await asyncio.gather(
             *(s.stop(timeout) for s in list(self._subscriptions)), return_exceptions=True
         )
         await self._shutdown(timeout)
 
+    async def _stop_replacing(self) -> None:
+        replacer, self._replacer = self._replacer, None
+        if replacer is not None and not replacer.done():
+            replacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replacer
+
     async def _shutdown(self, timeout: float) -> None:
         self._state = "closed"
-        for future in self._acks.values():
-            if not future.done():
-                future.set_exception(
-                    ServiceUnavailable("NATS connection closed", code=ErrorCode.BROKER_UNAVAILABLE)
-                )
-        self._acks.clear()
+        self._fail_pending("NATS connection closed")
         nc = self._nc
         if nc is None or nc.is_closed:
             return
@@ -432,6 +592,11 @@ class NatsConnection:
     def _map_publish_error(self, exc: BaseException, subject: str, attempts: int) -> Exception:
         if isinstance(exc, ServiceUnavailable | BadRequest):
             return exc
+        if isinstance(exc, nats.errors.BadHeaderError):
+            return BadRequest(
+                f"header name {exc.key!r} cannot be sent (not a token)",
+                details={"subject": subject},
+            )
         if isinstance(exc, nats.errors.MaxPayloadError):
             return BadRequest(
                 "event is larger than the server's max payload", details={"subject": subject}
@@ -470,7 +635,10 @@ class NatsConnection:
         self, subject: str, body: bytes, headers: dict[str, str]
     ) -> PublishAck:
         """Publish one wire message and await its PubAck, retrying transient failures
-        ``publish_retries`` times with exponential backoff (same message, same id)."""
+        ``publish_retries`` times with exponential backoff (same message, same id).
+        ``BadRequest`` naming both sizes, before anything is sent, when headers and
+        body exceed the server's max payload (the server would close the client)."""
+        _check_size(subject, body, headers, self.max_payload)
         s = self.settings
         delay = s.publish_backoff
         attempts = 0
@@ -489,7 +657,11 @@ class NatsConnection:
         self, messages: Sequence[tuple[str, bytes, dict[str, str]]]
     ) -> list[PublishAck]:
         """Publish many wire messages pipelined; acks in order, with retries of the
-        ones that got none (under the same ids)."""
+        ones that got none (under the same ids). Every message is measured against
+        the server's max payload before any is sent (``BadRequest``: none sent)."""
+        limit = self.max_payload
+        for subject, body, headers in messages:
+            _check_size(subject, body, headers, limit)
         s = self.settings
         results: list[PublishAck | None] = [None] * len(messages)
         todo = list(range(len(messages)))

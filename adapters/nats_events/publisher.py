@@ -21,7 +21,9 @@ class NatsPublisher:
         self._prefix = connection.settings.prefix + "."
 
     async def publish(self, event: Event, *, subject: str | None = None) -> PublishAck:
-        """Publish ``event`` and return once JetStream stored it (or deduped it)."""
+        """Publish ``event`` and return once JetStream stored it (or deduped it).
+        ``BadRequest`` naming both sizes, before anything is sent, when its headers and
+        body exceed the server's max payload (measured by the connection)."""
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         wire = self._prefix + check_publish_subject(event.type if subject is None else subject)
@@ -31,7 +33,8 @@ class NatsPublisher:
     async def publish_many(
         self, events: Sequence[Event], *, subject: str | None = None
     ) -> list[PublishAck]:
-        """Publish ``events`` pipelined; their acks, in order."""
+        """Publish ``events`` pipelined; their acks, in order. Every event is encoded
+        and measured before any is sent: one too big -> ``BadRequest``, none sent."""
         rid = request_id()
         messages = []
         for event in events:
