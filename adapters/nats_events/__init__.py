@@ -30,19 +30,24 @@ then ``ServiceUnavailable`` (code ``BROKER_UNAVAILABLE``). ``publish_many``
 pipelines: every message is sent before any ack is awaited, then only the ones
 without an ack are retried, still under their ids.
 
-Consuming (ADR 0015): a durable pull consumer per ``durable``, fed by a continuous
-pull (a request for up to ``EVENTS_PULL_BATCH`` messages is topped up as they are
-handled, with idle heartbeats), handled by ``concurrency`` workers. Handler returns
--> ack; raises -> nak with the backoff delay; the ``max_deliver``-th failure, a
-:class:`~ports.events.Reject` or an undecodable payload -> the original payload
-and headers, plus ``Dead-Letter-*`` headers naming subject, durable, reason,
-attempts and error, are published to ``<EVENTS_DEAD_PREFIX>.<durable>.<subject>``,
-then the original is terminated. Messages being handled or waiting locally are
+Consuming (ADRs 0015, 0024): a durable pull consumer per ``durable``, fed by a
+continuous pull that keeps requested plus queued events within ``2 x concurrency``
+(topped up as each is handed to one of ``concurrency`` workers). One policy
+(:mod:`adapters._delivery_policy`, shared with the in-memory bus) decides: handler
+returns -> ack; raises anything (or runs past ``handler_timeout``) -> the failed run is
+recorded, then nak with the backoff delay; the ``max_deliver``-th failed run, a
+:class:`~ports.events.Reject` or an undecodable payload -> a dead letter
+(:mod:`adapters.nats_events.dead_letters`: the original payload and headers, control
+headers left out, ``Dead-Letter-*`` headers added, trimmed to the server's max
+payload) published to ``<EVENTS_DEAD_PREFIX>.<durable>.<subject>``, then the original
+is terminated. Attempts count handler runs, never deliveries
+(:mod:`adapters.nats_events.attempts`). Messages being handled or waiting locally are
 kept alive with ``+WPI`` every ``ack_wait / 2``. A consumer the server lost is
-re-created; a lost pull (reconnect, server restart, leader change) is detected by
-heartbeats and re-issued. The pull inbox is read on a direct lane of the client
-(ADR 0022): deliveries skip nats-py's ``Msg``, header dict and per-subscription task,
-and their headers are read by this module (exactly as nats-py reads them).
+re-created; a lost pull is detected by heartbeats and re-issued; a client the server
+closed is replaced and subscriptions resume. Messages on the inbox that are not
+JetStream deliveries are ignored and logged. The pull inbox is read on a direct lane
+of the client (ADR 0022, :mod:`adapters.nats_events._internals`) when the installed
+nats-py matches, else through nats-py's public API.
 
 Settings keys (through :class:`ports.config.ConfigSource`; all optional but the URL):
 
@@ -64,7 +69,6 @@ Settings keys (through :class:`ports.config.ConfigSource`; all optional but the 
 ``EVENTS_PUBLISH_BACKOFF_MAX_S``  2         longest retry delay
 ``EVENTS_PUBLISH_WINDOW``         2000      publish_many: sends in flight at once
 ``EVENTS_API_TIMEOUT_S``          5         JetStream API calls (streams, consumers)
-``EVENTS_PULL_BATCH``             128       messages requested/buffered per subscription
 ``EVENTS_PULL_EXPIRES_S``         5         life of one pull request (heartbeat: 1/5 of it)
 ``EVENTS_MAX_ACK_PENDING``        10000     consumer's max unacked messages
 ``NATS_CONNECT_RETRIES``          5         first-connect attempts

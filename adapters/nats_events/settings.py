@@ -36,7 +36,6 @@ _KEYS: Final = {
     "publish_backoff_max": "EVENTS_PUBLISH_BACKOFF_MAX_S",
     "publish_window": "EVENTS_PUBLISH_WINDOW",
     "api_timeout": "EVENTS_API_TIMEOUT_S",
-    "pull_batch": "EVENTS_PULL_BATCH",
     "pull_expires": "EVENTS_PULL_EXPIRES_S",
     "max_ack_pending": "EVENTS_MAX_ACK_PENDING",
     "connect_retries": "NATS_CONNECT_RETRIES",
@@ -119,7 +118,6 @@ class NatsSettings:
     publish_backoff_max: float = attrs.field(default=2.0, validator=_non_negative)
     publish_window: int = attrs.field(default=2000, validator=_positive)
     api_timeout: float = attrs.field(default=5.0, validator=_positive)
-    pull_batch: int = attrs.field(default=128, validator=_positive)
     pull_expires: float = attrs.field(default=5.0, validator=_positive)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive)
     connect_retries: int = attrs.field(default=5, validator=_positive)
@@ -204,7 +202,6 @@ class NatsSettings:
             publish_backoff_max=config.get_float("EVENTS_PUBLISH_BACKOFF_MAX_S", 2.0),
             publish_window=config.get_int("EVENTS_PUBLISH_WINDOW", 2000),
             api_timeout=config.get_float("EVENTS_API_TIMEOUT_S", 5.0),
-            pull_batch=config.get_int("EVENTS_PULL_BATCH", 128),
             pull_expires=config.get_float("EVENTS_PULL_EXPIRES_S", 5.0),
             max_ack_pending=config.get_int("EVENTS_MAX_ACK_PENDING", 10_000),
             connect_retries=config.get_int("NATS_CONNECT_RETRIES", 5),

@@ -253,7 +253,7 @@ class NatsSubscription:
         try:
             await nc.publish(self._next_subject, orjson.dumps(request), reply=self._inbox)
         except Exception as exc:
-            self._requested = 0
+            self._requested -= want
             self._logger.debug(
                 "pull request not sent", durable=self._durable, reason=failure_reason(exc)
             )
@@ -479,6 +479,10 @@ class NatsSubscription:
                     attempt=attempt,
                     failure=verdict.error,
                 )
+                # Recorded first: if the dead letter is not stored (or we die before
+                # it is), the redelivery is dead-lettered without running again.
+                if await self._record(msg, event, attempt):
+                    failures = attempt
             await self._dead_letter(msg, verdict, attempt, event, failures)
 
     async def _run(
@@ -527,6 +531,18 @@ class NatsSubscription:
                 await msg.nak(delay=backoff_delay(self._backoff, 1) or None)
             return -1
 
+    async def _record(self, msg: Delivery, event: Event, failures: int) -> bool:
+        """Record ``failures`` failed runs of ``msg``; whether the record was written."""
+        assert self._failures is not None
+        try:
+            await self._failures.record(self._consumer, msg.stream_sequence, failures)
+        except Exception as exc:
+            self._logger.warning(
+                "failed attempt not recorded", event_id=event.id, reason=failure_reason(exc)
+            )
+            return False
+        return True
+
     async def _forget(self, msg: Delivery) -> None:
         if self._failures is not None:
             await self._failures.forget(self._consumer, msg.stream_sequence)
@@ -540,19 +556,11 @@ class NatsSubscription:
             retry_in_s=verdict.delay,
             failure=verdict.error,
         )
-        assert self._failures is not None
-        try:
-            await self._failures.record(self._consumer, msg.stream_sequence, attempt)
-        except Exception as exc:
-            self._logger.warning(
-                "failed attempt not recorded", event_id=event.id, reason=failure_reason(exc)
-            )
+        await self._record(msg, event, attempt)
         try:
             await msg.nak(delay=verdict.delay if verdict.delay > 0 else None)
         except Exception as nak_exc:
-            self._logger.warning(
-                "nak not sent", event_id=event.id, reason=failure_reason(nak_exc)
-            )
+            self._logger.warning("nak not sent", event_id=event.id, reason=failure_reason(nak_exc))
 
     async def _dead_letter(
         self,

@@ -67,9 +67,7 @@ async def test_restarts_under_load_lose_nothing() -> None:
     handled: Counter[str] = Counter()
     restarts: list[float] = []
     with nats_server() as server:
-        conn = NatsConnection.from_config(
-            _config(server.url, "RESTARTS", EVENTS_PULL_BATCH="256"), logger=RecordingLogger()
-        )
+        conn = NatsConnection.from_config(_config(server.url, "RESTARTS"), logger=RecordingLogger())
         await conn.connect()
         publisher, subscriber = NatsPublisher(conn), NatsSubscriber(conn)
 

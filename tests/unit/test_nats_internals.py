@@ -431,16 +431,6 @@ class TestAttempts:
         assert record.counts == {}
         assert sub.subject == "orders.>"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "adapter bug: the max_deliver-th failure is never written to the failure "
-            "record before its dead letter, so when the dead letter cannot be stored "
-            "(or the member crashes before storing it) the redelivery runs the handler "
-            "again as attempt max_deliver, once more per redelivery, instead of "
-            "before_run dead-lettering it"
-        ),
-    )
     async def test_last_failure_whose_dead_letter_was_not_stored_is_not_run_again(
         self,
     ) -> None:
