@@ -76,7 +76,7 @@ def after_run(
         return ACK
     if isinstance(failure, Reject):
         return Verdict("dead_letter", reason=REASON_REJECTED, error=_safe_reason(failure))
-    error = "handler_timeout: the handler ran too long" if timed_out else describe(failure)
+    error = f"{REASON_TIMEOUT}: the handler ran too long" if timed_out else describe(failure)
     if attempt >= max_deliver:
         return Verdict("dead_letter", reason=REASON_MAX_DELIVER, error=error)
     return Verdict("retry", delay=backoff_delay(backoff, attempt), error=error)

@@ -100,9 +100,15 @@ def check_durable(durable: str) -> str:
 
 
 def check_subscribe_options(
-    *, max_deliver: int, ack_wait: float, backoff: Sequence[float], concurrency: int
+    *,
+    max_deliver: int,
+    ack_wait: float,
+    backoff: Sequence[float],
+    concurrency: int,
+    handler_timeout: float | None = None,
 ) -> tuple[float, ...]:
-    """Validate subscribe options; returns the backoff as a tuple."""
+    """Validate subscribe options (``handler_timeout``: ``None`` or finite and > 0);
+    returns the backoff as a tuple."""
     if not isinstance(max_deliver, int) or max_deliver < 1:
         raise BadRequest("max_deliver must be an integer >= 1", details={"field": "max_deliver"})
     if not isinstance(concurrency, int) or concurrency < 1:
@@ -110,6 +116,16 @@ def check_subscribe_options(
     if not (isinstance(ack_wait, int | float) and math.isfinite(ack_wait) and ack_wait > 0):
         raise BadRequest(
             "ack_wait must be a positive number of seconds", details={"field": "ack_wait"}
+        )
+    if handler_timeout is not None and not (
+        isinstance(handler_timeout, int | float)
+        and not isinstance(handler_timeout, bool)
+        and math.isfinite(handler_timeout)
+        and handler_timeout > 0
+    ):
+        raise BadRequest(
+            "handler_timeout must be None or a positive number of seconds",
+            details={"field": "handler_timeout"},
         )
     delays = tuple(float(d) for d in backoff)
     if any(not math.isfinite(d) or d < 0 for d in delays):

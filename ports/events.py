@@ -291,6 +291,12 @@ class Subscription(Protocol):
     @property
     def durable(self) -> str: ...
 
+    @property
+    def running(self) -> bool:
+        """True while it delivers; false after :meth:`stop`, or when it cannot go on
+        (health reports it)."""
+        ...
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new events; let in-flight handlers finish (and ack) for up to
         ``timeout`` seconds; undelivered events stay for the durable's next member."""
@@ -308,15 +314,27 @@ class Subscriber(Protocol):
       one member); different durables each see every event; a durable resumes
       where it stopped and a new durable starts from the first stored event.
     - Handler returns -> ack. Raises -> nak and redelivery after ``backoff[n]``
-      seconds (the last value repeats), at most ``max_deliver`` deliveries, then a
-      dead letter. Raises :class:`Reject` -> dead letter at once. A payload that
+      seconds (the last value repeats), at most ``max_deliver`` handler runs, then
+      a dead letter. Raises :class:`Reject` -> dead letter at once. A payload that
       does not decode -> dead letter at once, logged; the subscription goes on.
+    - ``max_deliver`` counts handler runs: a delivery the handler never saw
+      (prefetched and returned at stop, redelivered after a reconnect, held by a
+      member that left) never uses up an attempt, and ``attempt`` in the handler's
+      context is the handler-run number.
+    - Any exception from a handler is a failed attempt (logged with the event id)
+      and the subscription goes on: a ``CancelledError`` of its own, an exception
+      whose ``str()`` raises, a ``BaseException`` subclass. Only the subscription's
+      own cancellation (``stop``) is not a failure.
     - A handler still running after ``ack_wait`` seconds is kept alive (in
-      progress), not redelivered under it.
+      progress), not redelivered under it. A handler still running after
+      ``handler_timeout`` seconds (``None``: no limit) is cancelled: an ordinary
+      failed attempt (backoff, redelivery).
     - Up to ``concurrency`` handlers run at once for this subscription; with
       ``concurrency=1`` a single subscriber sees events in publish order.
-    - Inside the handler, :mod:`ports.context` carries ``event_id``, ``event_type``,
-      ``organization_id``, ``attempt`` (1-based) and the publisher's ``request_id``.
+    - The handler's :mod:`ports.context` comes from the event alone (never from
+      the task that called ``subscribe``): ``event_id``, ``event_type``,
+      ``organization_id``, ``attempt`` (1-based) and the publisher's
+      ``request_id`` (absent when the event carries none).
     """
 
     async def subscribe(
@@ -329,4 +347,5 @@ class Subscriber(Protocol):
         ack_wait: float = DEFAULT_ACK_WAIT,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         concurrency: int = 1,
+        handler_timeout: float | None = None,
     ) -> Subscription: ...

@@ -161,6 +161,7 @@ class FlakySubscriber:
         ack_wait: float = DEFAULT_ACK_WAIT,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         concurrency: int = 1,
+        handler_timeout: float | None = None,
     ) -> Subscription:
         async def flaky(event: Event) -> None:
             self.deliveries[event.id] = self.deliveries.get(event.id, 0) + 1
@@ -177,4 +178,5 @@ class FlakySubscriber:
             ack_wait=ack_wait,
             backoff=backoff,
             concurrency=concurrency,
+            handler_timeout=handler_timeout,
         )
