@@ -199,8 +199,9 @@ def describe(exc: BaseException) -> str:
 
 def wire_size(body: bytes, headers: Mapping[str, str] | None) -> int:
     """The bytes the server counts against ``max_payload``: the header block as
-    nats-py writes it (``NATS/1.0``, ``name: value`` lines, stripped) plus the body."""
-    if headers is None:
+    nats-py writes it (``NATS/1.0``, ``name: value`` lines, stripped) plus the body;
+    no headers (``None`` or empty) means no header block, as nats-py sends it."""
+    if not headers:
         return len(body)
     size = _HEADER_BLOCK_OVERHEAD + len(body)
     for key, value in headers.items():
@@ -210,7 +211,9 @@ def wire_size(body: bytes, headers: Mapping[str, str] | None) -> int:
     return size
 
 
-def check_wire_size(subject: str, body: bytes, headers: Mapping[str, str], limit: int) -> None:
+def check_wire_size(
+    subject: str, body: bytes, headers: Mapping[str, str] | None, limit: int
+) -> None:
     """``BadRequest`` naming both sizes when the message would exceed ``limit``."""
     size = wire_size(body, headers)
     if size > limit:

@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
+
+import attrs
+import orjson
 
 from adapters import event_codec
+from adapters._delivery_policy import (
+    after_run,
+    before_run,
+    is_own_cancellation,
+    undecodable,
+)
 from adapters._event_rules import (
+    DEFAULT_MAX_PAYLOAD,
     REASON_MAX_DELIVER,
-    REASON_REJECTED,
-    REASON_UNDECODABLE,
     NullLogger,
-    backoff_delay,
     check_durable,
     check_publish_subject,
     check_subscribe_options,
     check_subscribe_subject,
+    check_wire_size,
     describe,
     subject_pattern,
+    wire_size,
 )
-from domain_errors import Conflict, ServiceUnavailable
+from domain_errors import BadRequest, Conflict, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
 from ports.context import bind_context, request_id
@@ -36,13 +46,79 @@ from ports.events import (
     Event,
     Handler,
     PublishAck,
-    Reject,
 )
 from ports.logger import Logger
 
 __all__ = ["InMemoryEventBus", "InMemorySubscription"]
 
 _SETTLE_ROUNDS: Final = 4
+_YIELD_EVERY: Final = 16
+"""Deliveries a worker makes before it yields to the event loop, backlog or not."""
+
+# The wire size of our own encoding is bounded by the body plus a fixed header block
+# plus at most 12 bytes per character of the header fields (4 UTF-8 bytes, each
+# percent-encoded). Far below the limit, that bound spares publish the full encoding;
+# near it, the codec's exact encoding decides.
+_HEADER_NAMES: Final = (
+    event_codec.H_SPECVERSION,
+    event_codec.H_ID,
+    event_codec.H_TYPE,
+    event_codec.H_SOURCE,
+    event_codec.H_TIME,
+    event_codec.H_ORGANIZATION_ID,
+    event_codec.H_CONTENT_TYPE,
+    event_codec.H_MSG_ID,
+    event_codec.H_REQUEST_ID,
+)
+_FIXED_HEADERS: Final = (
+    wire_size(b"", dict.fromkeys(_HEADER_NAMES, "x"))
+    - len(_HEADER_NAMES)
+    + len(event_codec.SPECVERSION)
+    + len(event_codec.CONTENT_TYPE)
+    + len("0000-00-00T00:00:00.000000+00:00")
+)
+_BYTES_PER_CHAR: Final = 12
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+_new = object.__new__
+_FIELDS: Final = ("type", "source", "organization_id", "data", "id", "timestamp")
+_TRUSTED: Final = tuple(f.name for f in attrs.fields(Event)) == _FIELDS
+# Event's slots, written directly: a frozen class refuses setattr, and this is the
+# cheapest way to build the per-delivery copy.
+_SLOTS: Final = tuple(getattr(Event, name).__set__ for name in _FIELDS) if _TRUSTED else ()
+
+
+def _header_bound(event: Event, rid: str | None) -> int:
+    chars = 2 * len(event.id) + len(event.type) + len(event.source) + len(event.organization_id)
+    if rid is not None:
+        chars += len(rid)
+    return _FIXED_HEADERS + _BYTES_PER_CHAR * chars
+
+
+def _json_copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_json_copy(v) for v in value]
+    return value
+
+
+def _with_data(event: Event, data: dict[str, Any]) -> Event:
+    """``event`` with ``data`` in place of its own, without re-checking the fields of
+    an event that was checked when built (``data`` is a copy of its valid data)."""
+    if not _SLOTS:
+        return attrs.evolve(event, data=data)
+    set_type, set_source, set_organization_id, set_data, set_id, set_timestamp = _SLOTS
+    copy = _new(Event)
+    set_type(copy, event.type)
+    set_source(copy, event.source)
+    set_organization_id(copy, event.organization_id)
+    set_data(copy, data)
+    set_id(copy, event.id)
+    set_timestamp(copy, event.timestamp)
+    return copy
 
 
 class _Durable:
@@ -106,6 +182,7 @@ class InMemorySubscription:
         ack_wait: float,
         backoff: tuple[float, ...],
         concurrency: int,
+        handler_timeout: float | None,
     ) -> None:
         self._bus = bus
         self._durable = durable
@@ -113,12 +190,21 @@ class InMemorySubscription:
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
         self._backoff = backoff
+        self._handler_timeout = handler_timeout
         self._stopping = False
+        self._broken = False
         self._stopped: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
+        # A fresh context per worker: the handler's context comes from the event
+        # alone, never from the task that called subscribe.
         self._workers = [
-            asyncio.get_running_loop().create_task(self._work(), name=f"events:{durable.name}")
+            loop.create_task(
+                self._work(), name=f"events:{durable.name}", context=contextvars.Context()
+            )
             for _ in range(concurrency)
         ]
+        for worker in self._workers:
+            worker.add_done_callback(self._worker_ended)
 
     @property
     def subject(self) -> str:
@@ -132,13 +218,16 @@ class InMemorySubscription:
 
     @property
     def running(self) -> bool:
-        """Whether :meth:`stop` has not been called."""
-        return not self._stopping
+        """True while it delivers: false after :meth:`stop`, or once a worker ended
+        unexpectedly (logged at error)."""
+        return not self._stopping and not self._broken
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Take no new events; let in-flight handlers finish (up to ``timeout`` real
         seconds), then cancel the rest, whose events go back to the durable at once.
-        Idempotent; concurrent callers all wait for the same stop."""
+        A handler cancelled here uses up no attempt (as after a crash): its event is
+        delivered again with the same attempt number. Idempotent; concurrent callers
+        all wait for the same stop."""
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self._stop(timeout))
         await asyncio.shield(self._stopped)
@@ -155,105 +244,184 @@ class InMemorySubscription:
             self._durable.members.remove(self)
         self._durable.has_work.set()
 
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping:
+            return
+        self._broken = True
+        error = None if task.cancelled() else task.exception()
+        _log(
+            self._bus._logger.error,
+            "event worker ended unexpectedly; the subscription cannot go on",
+            error,
+            durable=self._durable.name,
+            subject=self._durable.subject,
+        )
+
     async def _work(self) -> None:
         bus = self._bus
         durable = self._durable
         attempts = durable.attempts
-        max_deliver = self._max_deliver
         handler = self._handler
-        events, rids = bus._events, bus._rids
+        timeout = self._handler_timeout
+        since_yield = 0
         while not self._stopping:
             index = durable.take()
             if index < 0:
                 durable.has_work.clear()
                 await durable.has_work.wait()
+                since_yield = 0
                 continue
             attempt = attempts.get(index, 0) + 1
-            attempts[index] = attempt
             durable.inflight += 1
             bus._progress += 1
             try:
-                event = events[index]
-                rid = rids[index]
-                if event is None or attempt > max_deliver:
-                    event, rid = self._prepare(index, attempt)
-                    if event is None:
-                        continue
-                try:
-                    with bind_context(
-                        request_id=rid,
-                        event_id=event.id,
-                        event_type=event.type,
-                        organization_id=event.organization_id,
-                        attempt=attempt,
-                    ):
-                        await handler(event)
-                except Reject as exc:
-                    self._dead(index, event, REASON_REJECTED, attempt, exc.reason)
-                except Exception as exc:
-                    self._failed(index, event, attempt, exc)
-                except BaseException:
-                    # Killed mid-event (stop timed out, or the process is going down):
-                    # the event goes back to the durable at once.
-                    durable.redeliver.appendleft(index)
-                    durable.has_work.set()
-                    raise
-                else:
+                prepared = self._prepare(index, attempt)
+                if prepared is None:
+                    continue
+                stored, event, rid = prepared
+                failure: BaseException | None = None
+                timed_out = False
+                with _handler_context(event, rid, attempt):
+                    try:
+                        if timeout is None:
+                            await handler(event)
+                        else:
+                            failure, timed_out = await self._run_limited(event, timeout)
+                    except BaseException as exc:
+                        if is_own_cancellation(exc):
+                            raise
+                        failure = exc
+                if failure is not None:
+                    self._failed(index, stored, attempt, failure, timed_out)
+                elif attempt > 1:
                     del attempts[index]
+            except BaseException:
+                # Cancelled mid-event (stop timed out, or the loop is going down): the
+                # event goes back to the durable at once, and, as after a crash, the
+                # run uses up no attempt (only failures are recorded).
+                durable.redeliver.appendleft(index)
+                durable.has_work.set()
+                raise
             finally:
                 durable.inflight -= 1
                 bus._progress += 1
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                # A ready backlog never starves the other tasks of the loop.
+                since_yield = 0
+                await asyncio.sleep(0)
 
-    def _prepare(self, index: int, attempt: int) -> tuple[Event | None, str | None]:
-        """Decode a raw message and apply the delivery limit: the event and request id
-        to handle, or ``(None, None)`` when it was dead-lettered instead."""
+    def _prepare(self, index: int, attempt: int) -> tuple[Event, Event, str | None] | None:
+        """The stored event, the delivery's own copy of it and the request id; or
+        ``None`` when the message was dead-lettered instead of run."""
         bus = self._bus
-        event, rid = bus._events[index], bus._rids[index]
-        if event is None:
-            payload, headers, stored_at = bus._raw[index]
-            try:
-                decoded = event_codec.decode_message(payload, headers, default_time=stored_at)
-            except event_codec.EventDecodeError as exc:
-                self._undecodable(index, attempt, exc.message)
-                return None, None
-            event, rid = decoded.event, decoded.request_id
-        if attempt > self._max_deliver:
-            self._dead(index, event, REASON_MAX_DELIVER, attempt, "delivery limit reached")
-            return None, None
-        return event, rid
+        stored = bus._events[index]
+        rid = bus._rids[index]
+        if stored is None:
+            decoded = self._decode(index, attempt)
+            if decoded is None:
+                return None
+            stored, rid = decoded.event, decoded.request_id
+            event = stored  # decoded afresh for this delivery
+        else:
+            body = bus._bodies[index]
+            event = _with_data(stored, _json_copy(stored.data) if body is None else _loads(body))
+        verdict = before_run(attempt, self._max_deliver)
+        if verdict is not None:
+            self._dead(index, stored, verdict.reason, attempt - 1, verdict.error)
+            return None
+        return stored, event, rid
 
-    def _undecodable(self, index: int, attempt: int, problem: str) -> None:
-        self._bus._logger.error(
-            "undecodable event dead-lettered",
-            subject=self._bus._subjects[index],
-            durable=self._durable.name,
-            reason=problem,
-        )
-        self._dead(index, None, REASON_UNDECODABLE, attempt, problem)
+    async def _run_limited(self, event: Event, timeout: float) -> tuple[BaseException | None, bool]:
+        """Run the handler against ``timeout`` seconds of the bus clock (so that a
+        FakeClock decides, deterministically): its failure, and whether it timed out."""
+        loop = asyncio.get_running_loop()
+        run = loop.create_task(_guarded(self._handler, event))
+        timer = loop.create_task(self._bus._clock.sleep(timeout))
+        try:
+            await asyncio.wait((run, timer), return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()
+                await asyncio.wait((run,))
+                return TimeoutError(f"handler ran longer than {timeout} s"), True
+            return run.result(), False
+        except BaseException:
+            run.cancel()
+            timer.cancel()
+            await asyncio.wait((run, timer))
+            raise
+        finally:
+            timer.cancel()
 
-    def _failed(self, index: int, event: Event, attempt: int, exc: Exception) -> None:
+    def _decode(self, index: int, attempt: int) -> event_codec.Decoded | None:
+        """A raw message decoded, or ``None`` when it was dead-lettered instead."""
+        bus = self._bus
+        payload, headers, stored_at = bus._raw[index]
+        try:
+            return event_codec.decode_message(payload, headers, default_time=stored_at)
+        except event_codec.EventDecodeError as exc:
+            verdict = undecodable(exc.message)
+            _log(
+                bus._logger.error,
+                "undecodable event dead-lettered",
+                None,
+                subject=bus._subjects[index],
+                durable=self._durable.name,
+                reason=verdict.error,
+            )
+            self._dead(index, None, verdict.reason, attempt, verdict.error)
+            return None
+
+    def _failed(
+        self, index: int, event: Event, attempt: int, failure: BaseException, timed_out: bool
+    ) -> None:
         durable = self._durable
         logger = self._bus._logger
-        if attempt >= self._max_deliver:
-            logger.error(
-                "event handler failed for the last time; dead-lettered",
-                exc=exc,
-                event_id=event.id,
-                durable=durable.name,
-                attempt=attempt,
-            )
-            self._dead(index, event, REASON_MAX_DELIVER, attempt, describe(exc))
-        else:
-            logger.warning(
+        verdict = after_run(
+            failure,
+            attempt=attempt,
+            max_deliver=self._max_deliver,
+            backoff=self._backoff,
+            timed_out=timed_out,
+        )
+        if verdict.action == "retry":
+            durable.attempts[index] = attempt
+            _log(
+                logger.warning,
                 "event handler failed; will retry",
+                None,
                 event_id=event.id,
                 durable=durable.name,
                 attempt=attempt,
-                failure=describe(exc),
+                failure=verdict.error,
             )
-            self._bus._redeliver_later(durable, index, backoff_delay(self._backoff, attempt))
+            self._bus._redeliver_later(durable, index, verdict.delay)
+            return
+        if verdict.reason == REASON_MAX_DELIVER:
+            _log(
+                logger.error,
+                "event handler failed for the last time; dead-lettered",
+                failure,
+                event_id=event.id,
+                durable=durable.name,
+                attempt=attempt,
+                failure=verdict.error,
+            )
+        else:
+            _log(
+                logger.info,
+                "event rejected by its handler; dead-lettered",
+                None,
+                event_id=event.id,
+                durable=durable.name,
+                attempt=attempt,
+                failure=verdict.error,
+            )
+        self._dead(index, event, verdict.reason, attempt, verdict.error)
 
-    def _dead(self, index: int, event: Event | None, reason: str, attempt: int, error: str) -> None:
+    def _dead(
+        self, index: int, event: Event | None, reason: str, attempts: int, error: str
+    ) -> None:
         bus = self._bus
         self._durable.attempts.pop(index, None)
         raw = bus._raw.get(index)
@@ -267,13 +435,58 @@ class InMemorySubscription:
                 subject=bus._subjects[index],
                 durable=self._durable.name,
                 reason=reason,
-                attempts=attempt,
+                attempts=attempts,
                 event=event,
                 payload=payload,
                 headers=headers,
                 error=error,
             )
         )
+
+
+def _handler_context(event: Event, rid: str | None, attempt: int) -> bind_context:
+    """The handler's context: what the event carries, and the attempt; nothing else."""
+    if rid is None:
+        return bind_context(
+            event_id=event.id,
+            event_type=event.type,
+            organization_id=event.organization_id,
+            attempt=attempt,
+        )
+    return bind_context(
+        request_id=rid,
+        event_id=event.id,
+        event_type=event.type,
+        organization_id=event.organization_id,
+        attempt=attempt,
+    )
+
+
+async def _guarded(handler: Handler, event: Event) -> BaseException | None:
+    """Run ``handler``; what it raised (its own cancellation included), or ``None``.
+    Only the cancellation of this task (the timeout) propagates."""
+    try:
+        await handler(event)
+    except BaseException as exc:
+        if is_own_cancellation(exc):
+            raise
+        return exc
+    return None
+
+
+def _log(method: Any, message: str, exc: BaseException | None, **tags: Any) -> None:
+    """Log, never raising: an exception the logger cannot render (its ``str()``
+    raises) is logged by its description instead."""
+    try:
+        if exc is None:
+            method(message, **tags)
+        else:
+            method(message, exc=exc, **tags)
+    except Exception:
+        if exc is not None:
+            tags.setdefault("failure", describe(exc))
+        with contextlib.suppress(Exception):
+            method(message, **tags)
 
 
 class InMemoryEventBus:
@@ -287,18 +500,25 @@ class InMemoryEventBus:
     - Durables: members share the work, different durables each see every event,
       a new durable starts from the first stored event, a durable outlives its
       members (it resumes where it stopped).
-    - Handler returns -> ack; raises -> redelivered after ``backoff[n]`` seconds of
-      the injected clock, at most ``max_deliver`` deliveries; raises ``Reject``,
-      or the payload does not decode -> a :class:`DeadLetter` in
-      :attr:`dead_letters` at once.
+    - Handler returns -> ack; raises (anything, a ``CancelledError`` of its own
+      included) -> redelivered after ``backoff[n]`` seconds of the injected clock,
+      at most ``max_deliver`` handler runs; raises ``Reject``, or the payload does
+      not decode -> a :class:`DeadLetter` in :attr:`dead_letters` at once. Every
+      decision is :mod:`adapters._delivery_policy`'s, as on NATS.
     - A handler is never redelivered under itself: ``ack_wait`` is accepted and
       validated, and a running handler counts as in progress however long it runs.
+      ``handler_timeout`` is measured on the injected clock.
+    - Each delivery gets its own copy of ``data``; the handler's context holds only
+      what the event carries (and the attempt); workers yield to the event loop
+      between deliveries, so a backlog never starves other tasks.
+    - An event whose wire form (CloudEvents headers and JSON body) exceeds
+      ``max_payload`` bytes is refused with ``BadRequest``, as NATS refuses it;
+      ``publish_many`` checks every event before storing any.
 
     Deterministic: with a :class:`testing.FakeClock`, ``await run_until_idle()``
     delivers everything due, in a reproducible order, and ``clock.advance(s)``
     makes delayed redeliveries due. With the real clock (the default) it is a
-    usable in-process broker. Handlers receive the published :class:`Event`
-    object itself (no copy): treat it as immutable.
+    usable in-process broker.
     """
 
     def __init__(
@@ -308,16 +528,25 @@ class InMemoryEventBus:
         logger: Logger | None = None,
         stream: str = "EVENTS",
         duplicate_window: float = 120.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        if not isinstance(max_payload, int) or max_payload < 1:
+            raise BadRequest(
+                "max_payload must be an integer >= 1", details={"field": "max_payload"}
+            )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._logger: Logger = logger if logger is not None else NullLogger()
         self._stream = stream
         self._window = float(duplicate_window)
+        self._max_payload = max_payload
         # The log, one entry per stored message, as parallel lists (few objects for
         # the garbage collector to walk); raw messages keep their bytes in _raw.
         self._subjects: list[str] = []
         self._events: list[Event | None] = []
         self._rids: list[str | None] = []
+        # The JSON body of each stored event (None where orjson could not write it):
+        # every delivery reads its own copy of ``data`` from it.
+        self._bodies: list[bytes | None] = []
         self._raw: dict[int, tuple[bytes, dict[str, str], datetime]] = {}
         self._ids: dict[str, tuple[int, float]] = {}
         self._id_expiry: deque[tuple[float, str]] = deque()
@@ -335,13 +564,20 @@ class InMemoryEventBus:
     def from_config(
         cls, config: ConfigSource, *, logger: Logger | None = None, clock: Clock | None = None
     ) -> InMemoryEventBus:
-        """Build from ``EVENTS_STREAM`` (EVENTS) and ``EVENTS_DUPLICATE_WINDOW_S`` (120)."""
+        """Build from ``EVENTS_STREAM`` (EVENTS), ``EVENTS_DUPLICATE_WINDOW_S`` (120)
+        and ``EVENTS_MAX_PAYLOAD_BYTES`` (1 MiB, NATS's default)."""
         return cls(
             clock=clock,
             logger=logger,
             stream=config.get_str("EVENTS_STREAM", "EVENTS"),
             duplicate_window=config.get_float("EVENTS_DUPLICATE_WINDOW_S", 120.0),
+            max_payload=config.get_int("EVENTS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD),
         )
+
+    @property
+    def max_payload(self) -> int:
+        """The largest wire size (headers and body, in bytes) an event may have."""
+        return self._max_payload
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -366,41 +602,74 @@ class InMemoryEventBus:
     # -- Publisher --------------------------------------------------------------------
 
     async def publish(self, event: Event, *, subject: str | None = None) -> PublishAck:
-        """Store ``event`` (subject defaults to ``event.type``) and return its ack."""
-        return self._store(event, subject, request_id())
+        """Store ``event`` (subject defaults to ``event.type``) and return its ack;
+        ``BadRequest`` for an invalid subject or an event over ``max_payload``."""
+        rid = request_id()
+        subject, body = self._check(event, subject, rid)
+        return self._append(subject, event, rid, event.id, body)
 
     async def publish_many(
         self, events: Sequence[Event], *, subject: str | None = None
     ) -> list[PublishAck]:
-        """Publish each event in order; the acks in the same order."""
+        """Publish each event in order; the acks in the same order. Every event is
+        checked first: if one is invalid, none is stored."""
         rid = request_id()
-        store = self._store
-        return [store(event, subject, rid) for event in events]
+        batch = events if isinstance(events, list | tuple) else list(events)
+        check = self._check
+        subjects: list[str] = []
+        bodies: list[bytes | None] = []
+        for event in batch:
+            subject_, body = check(event, subject, rid)
+            subjects.append(subject_)
+            bodies.append(body)
+        append = self._append
+        return [
+            append(subject_, event, rid, event.id, body)
+            for event, subject_, body in zip(batch, subjects, bodies, strict=True)
+        ]
 
     async def publish_raw(
         self, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
     ) -> PublishAck:
         """Store a message as it would arrive from the wire (bytes and headers), e.g.
         a CloudEvent from another publisher or a poison payload. It is decoded at
-        delivery; the ``Nats-Msg-Id`` header, when present, is its dedupe key."""
+        delivery; the ``Nats-Msg-Id`` header, when present, is its dedupe key.
+        ``BadRequest`` when headers and payload exceed ``max_payload``."""
         subject = check_publish_subject(subject)
+        check_wire_size(subject, bytes(payload), headers, self._max_payload)
         msg_id = None
         for key, value in (headers or {}).items():
             if key.lower() == event_codec.H_MSG_ID.lower():
                 msg_id = value
-        ack = self._append(subject, None, None, msg_id)
+        ack = self._append(subject, None, None, msg_id, None)
         if not ack.duplicate:
             self._raw[ack.sequence - 1] = (bytes(payload), dict(headers or {}), self._clock.now())
         return ack
 
-    def _store(self, event: Event, subject: str | None, rid: str | None) -> PublishAck:
+    def _check(
+        self, event: Event, subject: str | None, rid: str | None
+    ) -> tuple[str, bytes | None]:
+        """The subject to store ``event`` on and its JSON body, once both are valid."""
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         subject = check_publish_subject(event.type if subject is None else subject)
-        return self._append(subject, event, rid, event.id)
+        try:
+            body: bytes | None = _dumps(event.data)
+        except TypeError:  # integers beyond 64 bits, lone surrogates: the codec's way
+            body = None
+        size = len(event_codec.encode_data(event.data) if body is None else body)
+        if size + _header_bound(event, rid) > self._max_payload:
+            wire_body, headers = event_codec.encode(event, request_id=rid)
+            check_wire_size(subject, wire_body, headers, self._max_payload)
+        return subject, body
 
     def _append(
-        self, subject: str, event: Event | None, rid: str | None, msg_id: str | None
+        self,
+        subject: str,
+        event: Event | None,
+        rid: str | None,
+        msg_id: str | None,
+        body: bytes | None,
     ) -> PublishAck:
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
@@ -421,6 +690,7 @@ class InMemoryEventBus:
         subjects.append(subject)
         self._events.append(event)
         self._rids.append(rid)
+        self._bodies.append(body)
         seq = len(subjects)
         if event is not None:
             self.published.append(event)
@@ -442,6 +712,7 @@ class InMemoryEventBus:
         ack_wait: float = DEFAULT_ACK_WAIT,
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         concurrency: int = 1,
+        handler_timeout: float | None = None,
     ) -> InMemorySubscription:
         """Start delivering ``subject`` to ``handler`` as a member of ``durable``.
 
@@ -453,7 +724,11 @@ class InMemoryEventBus:
         check_subscribe_subject(subject)
         check_durable(durable)
         delays = check_subscribe_options(
-            max_deliver=max_deliver, ack_wait=ack_wait, backoff=backoff, concurrency=concurrency
+            max_deliver=max_deliver,
+            ack_wait=ack_wait,
+            backoff=backoff,
+            concurrency=concurrency,
+            handler_timeout=handler_timeout,
         )
         group = self._durables.get(durable)
         if group is None:
@@ -471,6 +746,7 @@ class InMemoryEventBus:
             ack_wait=float(ack_wait),
             backoff=delays,
             concurrency=concurrency,
+            handler_timeout=None if handler_timeout is None else float(handler_timeout),
         )
         group.members.append(subscription)
         self._subscriptions.append(subscription)

@@ -1,5 +1,5 @@
 """InMemoryEventBus beyond the contract: inspection, determinism, dedupe window, limits,
-lifecycle, logging; and the shared event rules."""
+fairness, worker isolation, lifecycle, logging; and the shared event rules."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters._event_rules import (
     NullLogger,
@@ -14,13 +16,15 @@ from adapters._event_rules import (
     check_subscribe_options,
     describe,
     subject_pattern,
+    wire_size,
 )
-from adapters.event_codec import decode_message
+from adapters.event_codec import decode_message, encode
 from adapters.memory import InMemoryConfig, InMemoryEventBus
 from domain_errors import BadRequest, ServiceUnavailable
 from ports.context import bind_context, current_context
 from ports.events import Event, Publisher, Subscriber
 from testing.fakes import FakeClock, RecordingLogger
+from testing.strategies import events as any_events
 
 
 def _event(n: int, type_: str = "orders.placed", **kw: Any) -> Event:
@@ -139,27 +143,241 @@ class TestDedupeWindow:
 
 
 class TestDeliveryLimits:
-    """max_deliver also bounds deliveries that never reached a handler's end."""
+    """max_deliver counts handler runs that ended; a run cut short by stop is not one."""
 
-    async def test_killed_on_last_attempt_is_dead_lettered(self, bus: InMemoryEventBus) -> None:
-        """Cancelled on its last allowed attempt, the event is dead-lettered, not retried."""
-        calls = 0
+    async def test_killed_on_last_attempt_is_run_again(self, bus: InMemoryEventBus) -> None:
+        """Cancelled by stop on its only allowed attempt, the event is delivered again
+        with attempt 1 (as after a crash), not dead-lettered."""
+        attempts: list[int] = []
 
-        async def hang(event: Event) -> None:
-            nonlocal calls
-            calls += 1
-            await asyncio.Event().wait()
+        async def hang_first(event: Event) -> None:
+            attempts.append(current_context()["attempt"])
+            if len(attempts) == 1:
+                await asyncio.Event().wait()
 
-        sub = await bus.subscribe("orders.>", hang, durable="k", max_deliver=1)
+        sub = await bus.subscribe("orders.>", hang_first, durable="k", max_deliver=1)
         await bus.publish(_event(1))
         await bus.run_until_idle(settle=0.0)
         await sub.stop(timeout=0.0)
-        sub = await bus.subscribe("orders.>", hang, durable="k", max_deliver=1)
+        sub = await bus.subscribe("orders.>", hang_first, durable="k", max_deliver=1)
         await bus.run_until_idle(settle=0.0)
         await sub.stop(timeout=0.0)
-        assert calls == 1
+        assert attempts == [1, 1]
+        assert bus.dead_letters == []
+        assert bus.pending("k") == 0
+
+    async def test_failures_recorded_under_a_higher_limit_are_dead_lettered(
+        self, bus: InMemoryEventBus, clock: FakeClock
+    ) -> None:
+        """A member with a lower max_deliver dead-letters an event whose recorded
+        failures already used it up, without running the handler."""
+        runs: list[int] = []
+
+        async def fail(event: Event) -> None:
+            runs.append(current_context()["attempt"])
+            raise RuntimeError("no")
+
+        sub = await bus.subscribe("orders.>", fail, durable="m", max_deliver=5, backoff=(1,))
+        await bus.publish(_event(1))
+        await bus.run_until_idle()
+        clock.advance(1)
+        await bus.run_until_idle()
+        await sub.stop()
+        assert runs == [1, 2]  # the second failure's redelivery waits on the clock
+        sub = await bus.subscribe("orders.>", fail, durable="m", max_deliver=2, backoff=(1,))
+        clock.advance(1)
+        await bus.run_until_idle()
+        await sub.stop()
+        assert runs == [1, 2]
         [letter] = bus.dead_letters
         assert (letter.reason, letter.attempts) == ("max_deliver", 2)
+
+
+class TestFairness:
+    """A backlog never keeps the event loop to itself."""
+
+    async def test_other_tasks_run_while_a_backlog_drains(self, bus: InMemoryEventBus) -> None:
+        """A task looping on sleep(0) runs many times while 1000 ready events drain."""
+        handled = 0
+        seen_by_ticker: list[int] = []
+
+        async def count(event: Event) -> None:
+            nonlocal handled
+            handled += 1
+
+        async def ticker() -> None:
+            while True:
+                seen_by_ticker.append(handled)
+                await asyncio.sleep(0)
+
+        await bus.publish_many([_event(i) for i in range(1000)])
+        task = asyncio.create_task(ticker())
+        sub = await bus.subscribe("orders.>", count, durable="fair")
+        await bus.run_until_idle()
+        task.cancel()
+        await sub.stop()
+        assert handled == 1000
+        assert len({n for n in seen_by_ticker if 0 < n < 1000}) >= 50
+
+
+class TestWorkerIsolation:
+    """Workers outlive any handler; one that ends anyway is reported."""
+
+    async def test_a_worker_that_ends_turns_running_false(
+        self, bus: InMemoryEventBus, logger: RecordingLogger
+    ) -> None:
+        """A worker cancelled from outside: running turns false, an error is logged, and
+        the event it held goes back to the durable with no attempt used."""
+        attempts: list[int] = []
+
+        async def hang_first(event: Event) -> None:
+            attempts.append(current_context()["attempt"])
+            if len(attempts) == 1:
+                await asyncio.Event().wait()
+
+        sub = await bus.subscribe("orders.>", hang_first, durable="dies")
+        await bus.publish(_event(1))
+        await bus.run_until_idle(settle=0.0)
+        [worker] = [t for t in asyncio.all_tasks() if t.get_name() == "events:dies"]
+        worker.cancel()
+        await asyncio.wait([worker])
+        assert sub.running is False
+        logger.assert_logged(
+            "event worker ended unexpectedly; the subscription cannot go on",
+            level="error",
+            durable="dies",
+        )
+        other = await bus.subscribe("orders.>", hang_first, durable="dies")
+        await bus.run_until_idle()
+        assert attempts == [1, 1]
+        assert other.running
+        await sub.stop()
+        await other.stop()
+
+    async def test_unprintable_failures_are_logged(
+        self, bus: InMemoryEventBus, logger: RecordingLogger, clock: FakeClock
+    ) -> None:
+        """A failure whose str() raises is logged (retry and dead letter) by its type."""
+
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        async def fail(event: Event) -> None:
+            raise Unprintable()
+
+        sub = await bus.subscribe("orders.>", fail, durable="u", max_deliver=2, backoff=(1,))
+        event = _event(1)
+        await bus.publish(event)
+        await bus.run_until_idle()
+        clock.advance(1)
+        await bus.run_until_idle()
+        assert sub.running
+        await sub.stop()
+        retry = logger.assert_logged("event handler failed; will retry", event_id=event.id)
+        assert "Unprintable" in retry.tags["failure"]
+        logger.assert_logged(
+            "event handler failed for the last time; dead-lettered", event_id=event.id
+        )
+        [letter] = bus.dead_letters
+        assert letter.error is not None
+        assert "Unprintable" in letter.error
+
+    async def test_handler_timeout_follows_the_bus_clock(
+        self, bus: InMemoryEventBus, clock: FakeClock
+    ) -> None:
+        """On a FakeClock a hung handler is cut off only once the clock has moved."""
+        cancelled: list[float] = []
+
+        async def hang(event: Event) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(clock.monotonic())
+                raise
+
+        sub = await bus.subscribe("orders.>", hang, durable="t", handler_timeout=5, max_deliver=1)
+        await bus.publish(_event(1))
+        await bus.run_until_idle(settle=0.01)
+        assert cancelled == []
+        clock.advance(5)
+        await bus.run_until_idle()
+        await sub.stop()
+        assert cancelled == [5.0]
+        [letter] = bus.dead_letters
+        assert letter.error == "handler_timeout: the handler ran too long"
+
+
+class TestPayloadLimit:
+    """max_payload bounds the wire form: CloudEvents headers and JSON body."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        event=any_events(allow_surrogates=True),
+        rid=st.none() | st.text(min_size=1, max_size=20),
+        slack=st.integers(-3, 3),
+    )
+    async def test_refused_exactly_when_the_wire_form_is_too_big(
+        self, event: Event, rid: str | None, slack: int
+    ) -> None:
+        """publish refuses an event iff the codec's headers and body exceed the limit."""
+        body, headers = encode(event, request_id=rid)
+        size = wire_size(body, headers)
+        bus = InMemoryEventBus(clock=FakeClock(), max_payload=max(1, size + slack))
+        with bind_context(request_id=rid):
+            if size + slack < size:
+                with pytest.raises(BadRequest):
+                    await bus.publish(event, subject="orders.placed")
+                assert bus.published == []
+            else:
+                await bus.publish(event, subject="orders.placed")
+                assert bus.published == [event]
+
+    async def test_raw_messages_and_settings(self, clock: FakeClock) -> None:
+        """publish_raw counts headers too; from_config reads EVENTS_MAX_PAYLOAD_BYTES;
+        a limit below 1 is a BadRequest; the default is 1 MiB."""
+        assert InMemoryEventBus(clock=clock).max_payload == 1024 * 1024
+        bus = InMemoryEventBus.from_config(
+            InMemoryConfig({"EVENTS_MAX_PAYLOAD_BYTES": "100"}), clock=clock
+        )
+        assert bus.max_payload == 100
+        await bus.publish_raw("a.b", b"x" * 100, None)
+        with pytest.raises(BadRequest):
+            await bus.publish_raw("a.b", b"x" * 90, {"ce-specversion": "1.0"})
+        assert len(bus._subjects) == 1
+        with pytest.raises(BadRequest):
+            InMemoryEventBus(clock=clock, max_payload=0)
+
+
+class TestOwnCopies:
+    """Every delivery gets data of its own, whatever JSON it holds."""
+
+    async def test_data_orjson_cannot_write_is_copied_too(self, bus: InMemoryEventBus) -> None:
+        """Integers beyond 64 bits and lone surrogates arrive equal, in a fresh copy."""
+        seen: list[Event] = []
+
+        async def keep(event: Event) -> None:
+            seen.append(event)
+
+        event = Event(
+            type="orders.placed",
+            source="t",
+            organization_id="o",
+            data={"big": 2**70, "text": "\ud800", "nested": {"list": [1, {"a": 2}]}},
+        )
+        subs = [
+            await bus.subscribe("orders.>", keep, durable="one"),
+            await bus.subscribe("orders.>", keep, durable="two"),
+        ]
+        await bus.publish(event)
+        await bus.run_until_idle()
+        for sub in subs:
+            await sub.stop()
+        first, second = seen
+        assert first == second == event
+        assert first.data is not second.data
+        assert first.data["nested"] is not second.data["nested"]
+        assert first.data["nested"] is not event.data["nested"]
 
 
 class TestImmediateRedelivery:
