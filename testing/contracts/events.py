@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -67,6 +69,11 @@ class EventHarness(Protocol):
     publisher: Publisher
     subscriber: Subscriber
     capabilities: frozenset[str]
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers and body, in bytes) the adapter accepts."""
+        ...
 
     async def wait_until(
         self, predicate: Callable[[], bool], *, timeout: float = ..., what: str = ""
@@ -107,6 +114,11 @@ class InMemoryEventHarness:
         self.subscriber: Subscriber = bus
         fake = hasattr(clock, "advance")
         self.capabilities = frozenset({RAW_MESSAGES, FAKE_TIME} if fake else {RAW_MESSAGES})
+
+    @property
+    def max_payload(self) -> int:
+        """The bus's ``max_payload``."""
+        return self.bus.max_payload
 
     async def wait_until(
         self, predicate: Callable[[], bool], *, timeout: float = 5.0, what: str = ""
@@ -158,6 +170,11 @@ class NatsEventHarness:
         self._subscriber = NatsSubscriber(connection)
         self.subscriber: Subscriber = self._subscriber
         self.capabilities = frozenset({RAW_MESSAGES})
+
+    @property
+    def max_payload(self) -> int:
+        """The server's ``max_payload``, as the connected client read it."""
+        return int(self.connection.client.max_payload)
 
     async def wait_until(
         self, predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = ""
@@ -279,6 +296,25 @@ async def _dead_letters(h: EventHarness, count: int, *, timeout: float = 10.0) -
 
 async def _stop_all(subscriptions: Sequence[Subscription]) -> None:
     await asyncio.gather(*(s.stop(5.0) for s in subscriptions))
+
+
+class _Boom(BaseException):
+    """A BaseException that is neither Exception nor a cancellation."""
+
+
+class _Unprintable(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+async def _hang_until_cancelled() -> None:
+    await asyncio.Event().wait()
+
+
+def _sizes(message: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", message)]
 
 
 class EventContract:
@@ -816,21 +852,314 @@ class EventContract:
 
     async def test_killed_handler_means_redelivery(self, event_harness: EventHarness) -> None:
         """A handler still running when stop() times out is cancelled; its event is
-        delivered again to the durable's next member (at-least-once)."""
+        delivered again to the durable's next member (at-least-once), and the cut-short
+        run used up no attempt (max_deliver=1: handled, not dead-lettered)."""
         h = event_harness
         hang = asyncio.Event()
+        done: list[str] = []
 
         async def hangs_first_time(event: Event, attempt: int) -> None:
-            if attempt == 1:
+            if recorder.count(event.id) == 1:
                 await hang.wait()
+            done.append(event.id)
 
         recorder = Recorder(hangs_first_time)
-        sub = await h.subscriber.subscribe("orders.>", recorder, durable="killed", ack_wait=30)
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="killed", ack_wait=30, max_deliver=1
+        )
         event = _event(0)
         await h.publisher.publish(event)
         await h.wait_until(lambda: len(recorder.deliveries) >= 1, what="handler started")
         await sub.stop(timeout=0.1)
-        sub = await h.subscriber.subscribe("orders.>", recorder, durable="killed", ack_wait=30)
-        await h.wait_until(lambda: recorder.count(event.id) >= 2, what="redelivery")
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="killed", ack_wait=30, max_deliver=1
+        )
+        await h.wait_until(lambda: event.id in done, what="redelivery handled")
         await sub.stop()
-        assert recorder.attempts(event.id)[:2] == [1, 2]
+        assert recorder.attempts(event.id) == [1, 1]
+        assert await h.dead_letters() == []
+
+    # -- events that survive real operations ------------------------------------------
+
+    async def test_running_until_stopped(self, event_harness: EventHarness) -> None:
+        """A subscription is a Subscription, running after subscribe, not after stop."""
+        h = event_harness
+        sub = await h.subscriber.subscribe("orders.>", Recorder(), durable="run")
+        assert isinstance(sub, Subscription)
+        assert sub.running is True
+        await sub.stop()
+        assert sub.running is False
+
+    async def test_restarts_use_up_no_attempts(self, event_harness: EventHarness) -> None:
+        """Stopping and resubscribing a durable four times, each time killing a running
+        handler with a backlog waiting, dead-letters nothing (max_deliver=2): every
+        event is handled and every first handling is attempt 1."""
+        h = event_harness
+        sent = [_event(i) for i in range(40)]
+        victim = sent[0]
+        hanging = True
+        done: set[str] = set()
+
+        async def victim_hangs(event: Event, attempt: int) -> None:
+            if hanging and event.id == victim.id:
+                await _hang_until_cancelled()
+            done.add(event.id)
+
+        recorder = Recorder(victim_hangs)
+        await h.publisher.publish_many(sent)
+        for round_ in range(1, 5):
+            sub = await h.subscriber.subscribe(
+                "orders.>", recorder, durable="restart", max_deliver=2, backoff=(0.05,)
+            )
+            await h.wait_until(
+                lambda n=round_: recorder.count(victim.id) >= n,  # type: ignore[misc]
+                what=f"victim running in round {round_}",
+            )
+            await h.publisher.publish(_event(100 + round_))
+            await sub.stop(timeout=0.05)
+            assert victim.id not in done
+        hanging = False
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="restart", max_deliver=2, backoff=(0.05,)
+        )
+        wanted = {e.id for e in sent}
+        await h.wait_until(lambda: wanted <= done, what="every event handled")
+        await sub.stop()
+        assert await h.dead_letters() == []
+        for event in sent:
+            assert recorder.attempts(event.id)[0] == 1, event.data
+        assert set(recorder.attempts(victim.id)) == {1}
+        assert recorder.count(victim.id) == 5
+
+    async def test_handler_timeout_cancels_and_redelivers(
+        self, event_harness: EventHarness
+    ) -> None:
+        """A handler still running after handler_timeout is cancelled: a failed attempt,
+        redelivered after the backoff as attempt 2 and handled."""
+        h = event_harness
+        cancelled: list[int] = []
+        done: list[int] = []
+
+        async def hang_first(event: Event, attempt: int) -> None:
+            if attempt == 1:
+                try:
+                    await _hang_until_cancelled()
+                except asyncio.CancelledError:
+                    cancelled.append(attempt)
+                    raise
+            done.append(attempt)
+
+        recorder = Recorder(hang_first)
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="timeout", handler_timeout=0.2, backoff=(0.05,)
+        )
+        event = _event(0)
+        await h.publisher.publish(event)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 1, what="attempt 1 started")
+        if FAKE_TIME in h.capabilities:
+            await h.advance(0.19)
+            assert cancelled == []
+        await h.advance(0.2)
+        await h.wait_until(lambda: cancelled == [1], what="attempt 1 cancelled")
+        await h.advance(0.05)
+        await h.wait_until(lambda: done == [2], what="attempt 2 handled")
+        assert sub.running
+        await sub.stop()
+        assert recorder.attempts(event.id) == [1, 2]
+        assert await h.dead_letters() == []
+
+    async def test_handler_timeout_on_the_last_attempt_dead_letters(
+        self, event_harness: EventHarness
+    ) -> None:
+        """With max_deliver=1, a handler cut off by handler_timeout is dead-lettered,
+        the error naming the timeout; later events still flow."""
+        h = event_harness
+
+        async def hang_on_first(event: Event, attempt: int) -> None:
+            if event.data["n"] == 0:
+                await _hang_until_cancelled()
+
+        recorder = Recorder(hang_on_first)
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="timeout-dl", handler_timeout=0.1, max_deliver=1
+        )
+        hung = _event(0)
+        await h.publisher.publish(hung)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 1, what="handler started")
+        await h.advance(0.1)
+        [letter] = await _dead_letters(h, 1)
+        later = _event(1)
+        await h.publisher.publish(later)
+        await h.wait_until(lambda: later.id in recorder.ids(), what="later event")
+        await sub.stop()
+        assert (letter.reason, letter.attempts) == ("max_deliver", 1)
+        assert letter.event == hung
+        assert letter.error is not None
+        assert "handler_timeout" in letter.error
+        assert recorder.attempts(hung.id) == [1]
+
+    async def test_invalid_handler_timeout_is_a_bad_request(
+        self, event_harness: EventHarness
+    ) -> None:
+        """handler_timeout must be None or a finite number of seconds above 0."""
+        h = event_harness
+        for bad in (0, -1.0, float("inf"), float("nan")):
+            with pytest.raises(BadRequest):
+                await h.subscriber.subscribe(
+                    "orders.>", Recorder(), durable="bad-timeout", handler_timeout=bad
+                )
+
+    async def test_broken_handlers_are_failed_attempts(self, event_harness: EventHarness) -> None:
+        """A handler raising its own CancelledError, an exception whose str() raises, or
+        a BaseException subclass fails that attempt only: each event is redelivered
+        and handled, the subscription keeps running, and later events flow."""
+        h = event_harness
+        errors: dict[int, type[BaseException]] = {
+            0: asyncio.CancelledError,
+            1: _Unprintable,
+            2: _Boom,
+        }
+
+        def break_first(event: Event, attempt: int) -> None:
+            error = errors.get(event.data["n"])
+            if error is not None and attempt == 1:
+                raise error()
+
+        recorder = Recorder(break_first)
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="broken", backoff=(0.05,), max_deliver=3
+        )
+        sent = [_event(i) for i in range(4)]
+        await h.publisher.publish_many(sent)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 4, what="first attempts")
+        assert sub.running
+        await h.advance(0.05)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 7, what="second attempts")
+        later = _event(9)
+        await h.publisher.publish(later)
+        await h.wait_until(lambda: later.id in recorder.ids(), what="later event")
+        assert sub.running
+        await sub.stop()
+        for event in sent[:3]:
+            assert recorder.attempts(event.id) == [1, 2], event.data
+        assert recorder.attempts(sent[3].id) == [1]
+        assert await h.dead_letters() == []
+
+    async def test_unprintable_failure_is_dead_lettered(self, event_harness: EventHarness) -> None:
+        """An exception whose str() raises, on the last attempt, still gives a dead letter
+        whose error names its type."""
+        h = event_harness
+
+        def unprintable(event: Event, attempt: int) -> None:
+            raise _Unprintable()
+
+        sub = await h.subscriber.subscribe(
+            "orders.>", Recorder(unprintable), durable="unprintable", max_deliver=1
+        )
+        event = _event(0)
+        await h.publisher.publish(event)
+        [letter] = await _dead_letters(h, 1)
+        assert sub.running
+        await sub.stop()
+        assert (letter.reason, letter.attempts, letter.event) == ("max_deliver", 1, event)
+        assert letter.error is not None
+        assert "_Unprintable" in letter.error
+
+    async def test_event_over_max_payload_is_refused(self, event_harness: EventHarness) -> None:
+        """An event whose body is 10 bytes under max_payload but whose headers push it
+        over is a BadRequest naming both sizes; nothing is stored, and publishing and
+        consuming go on."""
+        h = event_harness
+        limit = h.max_payload
+        filler = limit - 10 - len(b'{"x":""}')
+        big = Event(
+            type="orders.placed",
+            source="contract",
+            organization_id="org-1",
+            data={"x": "a" * filler},
+        )
+        recorder = Recorder()
+        sub = await h.subscriber.subscribe("orders.>", recorder, durable="big")
+        for attempt in (h.publisher.publish(big), h.publisher.publish_many([big])):
+            with pytest.raises(BadRequest) as caught:
+                await attempt
+            sizes = _sizes(caught.value.message)
+            assert limit in sizes, caught.value.message
+            assert any(size > limit for size in sizes), caught.value.message
+        marker = _event(1)
+        assert (await h.publisher.publish(marker)).duplicate is False
+        await h.wait_until(lambda: marker.id in recorder.ids(), what="marker after refusal")
+        await sub.stop()
+        assert recorder.events == [marker]
+
+    async def test_publish_many_stores_none_of_an_invalid_batch(
+        self, event_harness: EventHarness
+    ) -> None:
+        """A batch holding one invalid event (a bad subject, or one over max_payload)
+        is refused whole: none of its events is stored."""
+        h = event_harness
+        recorder = Recorder()
+        sub = await h.subscriber.subscribe("orders.>", recorder, durable="batch")
+        oversize = Event(
+            type="orders.placed",
+            source="contract",
+            organization_id="org-1",
+            data={"x": "a" * h.max_payload},
+        )
+        for invalid in (_event(1, type_="orders..placed"), oversize):
+            with pytest.raises(BadRequest):
+                await h.publisher.publish_many([_event(0), invalid, _event(2)])
+        marker = _event(3)
+        await h.publisher.publish(marker)
+        await h.wait_until(lambda: marker.id in recorder.ids(), what="marker")
+        await sub.stop()
+        assert recorder.events == [marker]
+
+    async def test_handler_context_comes_from_the_event_alone(
+        self, event_harness: EventHarness
+    ) -> None:
+        """A subscription made inside bind_context(request_id="outer") gives its handler
+        no request_id (nor anything else of the caller's) for an event without one."""
+        h = event_harness
+        recorder = Recorder()
+        with bind_context(request_id="outer", user="someone"):
+            sub = await h.subscriber.subscribe("orders.>", recorder, durable="ctx-alone")
+        event = _event(0)
+        await h.publisher.publish(event)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 1, what="delivery")
+        await sub.stop()
+        [(_, context)] = recorder.deliveries
+        assert context.get("request_id") is None
+        assert "user" not in context
+        assert context["event_id"] == event.id
+
+    async def test_each_handler_gets_its_own_data(self, event_harness: EventHarness) -> None:
+        """A handler that mutates event.data changes nothing that a redelivery, another
+        durable's handler or the publisher sees."""
+        h = event_harness
+        seen: list[str] = []
+
+        def mutate(event: Event, attempt: int) -> None:
+            seen.append(json.dumps(event.data, sort_keys=True))
+            data = event.data
+            if isinstance(data, dict):
+                data["n"] = -1
+                data["nested"]["items"].append("mutated")
+            if attempt == 1:
+                raise RuntimeError("once more")
+
+        event = _event(0, nested={"items": [1, 2]})
+        original = json.dumps(event.data, sort_keys=True)
+        first = Recorder(mutate)
+        sub_a = await h.subscriber.subscribe("orders.>", first, durable="copy-a", backoff=(0.05,))
+        await h.publisher.publish(event)
+        await h.wait_until(lambda: len(seen) >= 1, what="first handler ran")
+        second = Recorder()
+        sub_b = await h.subscriber.subscribe("orders.>", second, durable="copy-b")
+        await h.wait_until(lambda: len(second.deliveries) >= 1, what="second durable")
+        await h.advance(0.05)
+        await h.wait_until(lambda: len(seen) >= 2, what="redelivery")
+        await _stop_all([sub_a, sub_b])
+        assert seen == [original, original]
+        assert json.dumps(second.events[0].data, sort_keys=True) == original
+        assert json.dumps(event.data, sort_keys=True) == original
