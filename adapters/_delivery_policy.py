@@ -51,10 +51,12 @@ class Verdict:
 ACK: Final = Verdict("ack")
 
 
-def before_run(attempt: int, max_deliver: int) -> Verdict | None:
-    """``None`` when handler run ``attempt`` may happen; a dead letter when the
-    failures already recorded used up ``max_deliver`` (a crash after the last
-    failure, before its dead letter was stored)."""
+def before_run(attempt: int, max_deliver: int, *, owed: Verdict | None = None) -> Verdict | None:
+    """``None`` when handler run ``attempt`` may happen; a dead letter when an earlier
+    run already ended in one that was not stored (``owed``), or when the runs already
+    recorded used up ``max_deliver``."""
+    if owed is not None:
+        return owed
     if attempt > max_deliver:
         return Verdict("dead_letter", reason=REASON_MAX_DELIVER, error="delivery limit reached")
     return None

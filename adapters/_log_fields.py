@@ -47,6 +47,20 @@ SECRET: Final = 2
 # the last "@" before whitespace, so a password holding "@" or "/" is still hidden.
 _URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s]*@")
 _URL_REPLACEMENT: Final = rf"\1:{REDACTED}@"
+# scheme://TOKEN@host (userinfo without a colon, as NATS token URLs are written).
+_URL_TOKEN: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?!\[REDACTED\])[^\s:/?#@]+@")
+_URL_TOKEN_REPLACEMENT: Final = rf"\1{REDACTED}@"
+_TEXT_SECRET_PARTS: Final = (*SECRET_KEY_PARTS, "api-key", "access_token", "pwd")
+# name=value, name: value, "name": "value" where the name looks secret; the value runs
+# to the next space, quote, '&', ';' or ','.
+_KEY_VALUE: Final = re.compile(
+    r"(?i)([\w.\-]*(?:"
+    + "|".join(re.escape(part) for part in _TEXT_SECRET_PARTS)
+    + r")[\w.\-]*[\"']?\s*[=:]\s*[\"']?)(?!\[REDACTED\]|(?:bearer|basic)\s)[^\s\"'&;,]+"
+)
+_KEY_VALUE_REPLACEMENT: Final = rf"\1{REDACTED}"
+_AUTH_SCHEME: Final = re.compile(r"(?i)\b(bearer|basic)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=\-]+")
+_AUTH_REPLACEMENT: Final = rf"\1 {REDACTED}"
 
 _kinds: dict[str, int] = {}
 _KINDS_MAX: Final = 4096
@@ -90,10 +104,20 @@ def key_kind(key: str) -> int:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``[REDACTED]``."""
-    if "://" not in text:
-        return text
-    return _URL_PASSWORD.sub(_URL_REPLACEMENT, text)
+    """``text`` with secrets replaced by ``[REDACTED]``: the password or token of every
+    URL (``scheme://user:pw@``, ``nats://TOKEN@``), the value after a secret-looking
+    name (``password=...``, ``api_key: ...``, ``?access_token=...``) and the credential
+    after ``Bearer`` / ``Basic``."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(_URL_REPLACEMENT, text)
+        text = _URL_TOKEN.sub(_URL_TOKEN_REPLACEMENT, text)
+    if "earer" in text or "asic " in text:
+        text = _AUTH_SCHEME.sub(_AUTH_REPLACEMENT, text)
+    if "=" in text or ":" in text:
+        lowered = text.lower()
+        if any(part in lowered for part in _TEXT_SECRET_PARTS):
+            text = _KEY_VALUE.sub(_KEY_VALUE_REPLACEMENT, text)
+    return text
 
 
 def clean_value(value: Any, _depth: int = 0) -> Any:

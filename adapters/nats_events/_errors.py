@@ -8,7 +8,7 @@ from typing import Final
 import nats.errors
 import nats.js.errors
 
-from adapters.nats_events.settings import redact_url
+from adapters._event_rules import describe
 
 __all__ = ["transient", "failure_reason", "AckError", "NoResponders", "is_retryable"]
 
@@ -33,8 +33,8 @@ def transient(exc: BaseException) -> bool:
 
 
 def failure_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return redact_url(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
+    """``exc`` in one short line for a log or an error message, secrets redacted."""
+    return describe(exc).splitlines()[0][:300]
 
 
 class AckError(Exception):

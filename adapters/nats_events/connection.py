@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["NatsConnection"]
 
 _STATUS: Final = "Status"
+_DEFAULT_SERVICE: Final = "hexinfra"
+_MESSAGE_TOO_LARGE: Final = 10054  # JetStream: message size exceeds maximum allowed
 _UTF8_MAX: Final = 4  # bytes per character, at most
 
 
@@ -83,6 +85,7 @@ class NatsConnection:
         self._replacer: asyncio.Task[None] | None = None
         self._where = ",".join(redact_url(s) for s in settings.servers)
         self._direct = True
+        self._stream_limits: dict[str, int] = {}
 
     @classmethod
     def from_config(
@@ -131,6 +134,18 @@ class NatsConnection:
         client last heard it (NATS's default, 1 MiB, before any connect). Never raises."""
         nc = self._nc
         return nc.max_payload if nc is not None else DEFAULT_MAX_PAYLOAD
+
+    def message_limit(self, stream: str) -> int:
+        """The largest message (headers and body) ``stream`` stores: the server's max
+        payload, or less when the stream has a ``max_msg_size`` (an operator's limit
+        on a stream that existed, read at connect)."""
+        limit = self._stream_limits.get(stream, 0)
+        return min(self.max_payload, limit) if limit > 0 else self.max_payload
+
+    def _limit_for(self, subject: str) -> int:
+        s = self.settings
+        dead = subject.startswith(s.dead_prefix + ".")
+        return self.message_limit(s.dead_stream if dead else s.stream)
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -199,6 +214,12 @@ class NatsConnection:
             prefix=s.prefix,
             attempts=attempts,
         )
+        if s.service == _DEFAULT_SERVICE:
+            self._logger.warning(
+                "SERVICE_NAME is not set: consumers are named "
+                f"{_DEFAULT_SERVICE}-<durable>, shared with every other service that "
+                "leaves it unset; set SERVICE_NAME so that groups never split events",
+            )
 
     async def _connect_client(self, client: NatsClient) -> None:
         """Connect ``client`` with this connection's options and callbacks."""
@@ -479,6 +500,7 @@ class NatsConnection:
                     )
                     return
             _check_captures(name, info.config.subjects or [], subjects)
+            self._stream_limits[name] = info.config.max_msg_size or 0
         except ConfigurationError:
             raise
         except nats.js.errors.APIError as exc:
@@ -607,6 +629,11 @@ class NatsConnection:
                 code=ErrorCode.BROKER_UNAVAILABLE,
                 details={"subject": subject},
             )
+        if isinstance(exc, AckError) and exc.err_code == _MESSAGE_TOO_LARGE:
+            return BadRequest(
+                f"the stream refused the event as too large: {exc}",
+                details={"subject": subject},
+            )
         if isinstance(exc, AckError):
             return ServiceUnavailable(
                 f"JetStream refused the event: {exc}",
@@ -638,7 +665,7 @@ class NatsConnection:
         ``publish_retries`` times with exponential backoff (same message, same id).
         ``BadRequest`` naming both sizes, before anything is sent, when headers and
         body exceed the server's max payload (the server would close the client)."""
-        _check_size(subject, body, headers, self.max_payload)
+        _check_size(subject, body, headers, self._limit_for(subject))
         s = self.settings
         delay = s.publish_backoff
         attempts = 0
@@ -659,9 +686,8 @@ class NatsConnection:
         """Publish many wire messages pipelined; acks in order, with retries of the
         ones that got none (under the same ids). Every message is measured against
         the server's max payload before any is sent (``BadRequest``: none sent)."""
-        limit = self.max_payload
         for subject, body, headers in messages:
-            _check_size(subject, body, headers, limit)
+            _check_size(subject, body, headers, self._limit_for(subject))
         s = self.settings
         results: list[PublishAck | None] = [None] * len(messages)
         todo = list(range(len(messages)))

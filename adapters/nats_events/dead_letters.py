@@ -40,6 +40,7 @@ __all__ = [
     "H_DEAD_ATTEMPTS",
     "H_DEAD_ERROR",
     "H_DEAD_MSG_ID",
+    "H_DEAD_CONSUMER",
     "H_DEAD_TRUNCATED",
     "HEADER_NAME",
     "dead_letter_message",
@@ -52,6 +53,9 @@ H_DEAD_REASON: Final = "Dead-Letter-Reason"
 H_DEAD_ATTEMPTS: Final = "Dead-Letter-Attempts"
 H_DEAD_ERROR: Final = "Dead-Letter-Error"
 H_DEAD_MSG_ID: Final = "Dead-Letter-Msg-Id"
+H_DEAD_CONSUMER: Final = "Dead-Letter-Consumer"
+"""The consumer on the server (``<SERVICE_NAME>-<durable>``): tells apart two services
+that both name a group the same on one stream."""
 _DEAD_HEADERS: Final = frozenset(
     h.lower()
     for h in (
@@ -72,7 +76,7 @@ HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header name nats-py sends: an RFC 7230 token (a copy of nats-py's private
 ``_HEADER_KEY_RE``; nats-py raises ``BadHeaderError`` for any other name)."""
 
-_OURS: Final = _DEAD_HEADERS | {H_DEAD_TRUNCATED.lower()}
+_OURS: Final = _DEAD_HEADERS | {H_DEAD_TRUNCATED.lower(), H_DEAD_CONSUMER.lower()}
 _CONTROL: Final = "nats-"
 _NATS_MSG_ID: Final = event_codec.H_MSG_ID.lower()
 _NEWLINES: Final = str.maketrans({"\r": " ", "\n": " "})
@@ -145,6 +149,7 @@ def dead_letter_message(
     *,
     subject: str,
     durable: str,
+    consumer: str = "",
     data: bytes,
     headers: Mapping[str, str],
     reason: str,
@@ -180,9 +185,12 @@ def dead_letter_message(
         H_DEAD_DURABLE: event_codec.header_value(durable),
         H_DEAD_REASON: event_codec.header_value(reason),
         H_DEAD_ATTEMPTS: str(attempts),
-        # Dedupe the dead letter itself: once per (durable, stream sequence).
-        event_codec.H_MSG_ID: event_codec.header_value(f"{durable}:{stream_sequence}"),
+        # Dedupe the dead letter itself: once per (consumer, stream sequence), so two
+        # services whose groups share a name never swallow each other's dead letters.
+        event_codec.H_MSG_ID: event_codec.header_value(f"{consumer or durable}:{stream_sequence}"),
     }
+    if consumer:
+        fixed[H_DEAD_CONSUMER] = event_codec.header_value(consumer)
     wire = f"{dead_prefix}.{durable}.{subject}"
     out = _fit(data, kept, fixed, error, max_payload)
     if out is not None:

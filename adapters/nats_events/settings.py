@@ -72,6 +72,13 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise _bad_number(attribute, "a finite number > 0")
 
 
+def _pull_life(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    # The idle heartbeat is a fifth of it; below half a second the pull and its
+    # heartbeats would be mostly overhead.
+    if not math.isfinite(value) or value < 0.5:
+        raise _bad_number(attribute, "a finite number >= 0.5")
+
+
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise _bad_number(attribute, "a finite number >= 0")
@@ -118,7 +125,7 @@ class NatsSettings:
     publish_backoff_max: float = attrs.field(default=2.0, validator=_non_negative)
     publish_window: int = attrs.field(default=2000, validator=_positive)
     api_timeout: float = attrs.field(default=5.0, validator=_positive)
-    pull_expires: float = attrs.field(default=5.0, validator=_positive)
+    pull_expires: float = attrs.field(default=5.0, validator=_pull_life)
     max_ack_pending: int = attrs.field(default=10_000, validator=_positive)
     connect_retries: int = attrs.field(default=5, validator=_positive)
     connect_timeout: float = attrs.field(default=2.0, validator=_positive)

@@ -8,6 +8,7 @@ import contextvars
 from collections.abc import Awaitable, Sequence
 from typing import Final
 
+import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -27,7 +28,7 @@ from adapters._event_rules import (
 )
 from adapters.nats_events._errors import failure_reason
 from adapters.nats_events._internals import drop_lane, subscribe_lane
-from adapters.nats_events.attempts import FailureRecord
+from adapters.nats_events.attempts import FailureRecord, Runs
 from adapters.nats_events.connection import NatsConnection
 from adapters.nats_events.dead_letters import dead_letter_from, dead_letter_message
 from adapters.nats_events.wire import Delivery, attempt_of, is_ack_subject, reply_info, status_of
@@ -88,12 +89,19 @@ class NatsSubscription:
         self._window = 2 * concurrency
         self._top_up = max(1, concurrency)
         self._expires = s.pull_expires
-        self._heartbeat = max(0.05, s.pull_expires / 5)
+        self._heartbeat = s.pull_expires / 5
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.stream}.{self._consumer}"
         self._inbox = ""
         self._client: NatsClient | None = None
         self._sub: NatsSubscription_ | None = None
-        self._failures: FailureRecord | None = None
+        self._failures = FailureRecord(
+            lambda: connection.jetstream,
+            s.stream,
+            storage=s.storage,
+            replicas=s.replicas,
+            max_age=s.max_age,
+        )
+        self._lifecycle = asyncio.Lock()
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._tracked: dict[str, Delivery] = {}
         self._requested = 0
@@ -151,9 +159,7 @@ class NatsSubscription:
         ``Conflict`` if it exists with another subject. Opens the failure record."""
         js = self._connection.jetstream
         s = self._connection.settings
-        self._failures = await FailureRecord.open(
-            js, s.stream, storage=s.storage, replicas=s.replicas, max_age=s.max_age
-        )
+        await self._failures.open()
         try:
             info = await js.consumer_info(s.stream, self._consumer)
         except nats.js.errors.NotFoundError:
@@ -191,30 +197,33 @@ class NatsSubscription:
 
     async def _subscribe_inbox(self) -> None:
         nc = self._connection.client
-        self._client = nc
-        self._inbox = nc.new_inbox()
-        self._sub = await subscribe_lane(nc, self._inbox, self._on_raw)
+        inbox = nc.new_inbox()
+        sub = await subscribe_lane(nc, inbox, self._on_raw)
+        # Client, inbox and subscription change together: stop() never sees a mix.
+        self._client, self._inbox, self._sub = nc, inbox, sub
 
     async def resubscribe(self) -> None:
         """Subscribe the pull inbox again on the connection's current client (the old
-        one was closed and replaced), then pull. Held deliveries ack through it."""
-        if self._stopping:
-            return
-        await self._subscribe_inbox()
-        assert self._client is not None
-        for msg in self._tracked.values():
-            msg.rebind(self._client)
-        s = self._connection.settings
-        self._failures = await FailureRecord.open(
-            self._connection.jetstream,
-            s.stream,
-            storage=s.storage,
-            replicas=s.replicas,
-            max_age=s.max_age,
-        )
-        self._requested = 0
-        self._check_consumer = True
-        self._quiet = 0
+        one was closed and replaced), then pull. Held deliveries ack through it. A
+        failure leaves the subscription broken (``running`` false, health says so)."""
+        async with self._lifecycle:
+            if self._stopping:
+                return
+            try:
+                await self._subscribe_inbox()
+            except Exception as exc:
+                self._broken = f"pull inbox not resubscribed: {failure_reason(exc)}"
+                self._logger.error(
+                    "subscription cannot go on", durable=self._durable, problem=self._broken
+                )
+                raise
+            self._broken = None
+            assert self._client is not None
+            for msg in self._tracked.values():
+                msg.rebind(self._client)
+            self._requested = 0
+            self._check_consumer = True
+            self._quiet = 0
         await self._pull()
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
@@ -302,6 +311,9 @@ class NatsSubscription:
             await msg.nak()
 
     async def _on_status(self, raw: bytes | None) -> None:
+        """A status on the inbox. Only what the server sends for a pull moves the
+        credit; anything else is left to the watchdog, which re-pulls when the pull
+        goes quiet, so a forged or unexpected status can neither spin nor widen it."""
         status, description, headers = status_of(raw)
         if not status.isdigit():
             self._on_foreign(self._inbox.encode(), "no reply subject and no status")
@@ -310,19 +322,25 @@ class NatsSubscription:
             return  # idle heartbeat: the pull is alive
         pending = headers.get(_PENDING_MSGS)
         if status in ("408", "409") and pending is not None and pending.isdigit():
+            # The request ended with ``pending`` of its messages never sent.
             self._requested = max(0, self._requested - int(pending))
-        else:
+            if status == "409" and "deleted" in description.lower():
+                self._check_consumer = True
+                return
+            await self._pull()
+            return
+        if status in ("503", "409"):
+            # No responders, the consumer gone, a leader change...: the request is
+            # over. The watchdog checks the consumer and pulls again at its next tick.
             self._requested = 0
-        if status not in ("408", "404"):
-            self._logger.debug(
-                "pull status", durable=self._durable, status=status, description=description
-            )
-        if status == "503" or (status == "409" and "deleted" in description.lower()):
-            # No responders, or the consumer is gone: the watchdog re-creates it if
-            # needed and pulls again after a heartbeat.
             self._check_consumer = True
             return
-        await self._pull()
+        self._logger.warning(
+            "pull status not understood; the watchdog will pull again",
+            durable=self._durable,
+            status=status,
+            description=description[:200],
+        )
 
     async def _watchdog(self) -> None:
         """Re-issue a lost pull (no heartbeat) and re-create a lost consumer."""
@@ -417,38 +435,34 @@ class NatsSubscription:
                 tracked.pop(msg.reply, None)
 
     async def _process(self, msg: Delivery) -> None:
+        decoded = await self._decode(msg)
+        if decoded is None:
+            return
         reply = msg.reply
-        headers = msg.lowered_headers()
-        try:
-            try:
-                decoded = event_codec.decode_message(msg.data, headers, lowered=True)
-            except event_codec.EventDecodeError:
-                # The broker's storage time stands in for a missing ce-time. Decoding
-                # is pure, so any other problem recurs; building the datetime only
-                # here saves it on every well-formed event.
-                decoded = event_codec.decode_message(
-                    msg.data, headers, lowered=True, default_time=reply_info(reply)[1]
-                )
-        except event_codec.EventDecodeError as exc:
-            self._logger.error(
-                "undecodable event dead-lettered",
-                subject=msg.subject,
-                durable=self._durable,
-                reason=exc.message,
-            )
-            await self._dead_letter(msg, undecodable_verdict(exc.message), 1, None, 0)
-            return
         event = decoded.event
-        # Delivery 1 was never failed: the record is read only for redeliveries.
-        failures = 0 if attempt_of(reply) == 1 else await self._failures_of(msg, event)
-        if failures < 0:
+        redelivered = attempt_of(reply) > 1
+        # A first delivery was never run: the record is read only for redeliveries.
+        runs = Runs() if not redelivered else await self._runs_of(msg, event)
+        if runs is None:
             return
-        attempt = failures + 1
-        verdict = before_run(attempt, self._max_deliver)
+        attempt = runs.runs + 1
+        owed = Verdict("dead_letter", reason=runs.reason, error=runs.error) if runs.reason else None
+        verdict = before_run(attempt, self._max_deliver, owed=owed)
         if verdict is not None:
-            await self._dead_letter(msg, verdict, failures, event, failures)
+            await self._dead_letter(msg, verdict, runs.runs, event, recorded=True)
             return
-        failure, timed_out = await self._run(event, decoded.request_id, attempt)
+        # A redelivery records its run before it starts: a run that takes the process
+        # down counts too, so an event that crashes every member is bounded.
+        recorded = redelivered and await self._record(msg, event, Runs(attempt))
+        try:
+            failure, timed_out = await self._run(event, decoded.request_id, attempt)
+        except BaseException:
+            # Only this task's own cancellation (stop() timed out) escapes a run: it is
+            # not the handler's failure, so the run recorded before it is taken back.
+            if recorded:
+                with contextlib.suppress(Exception):
+                    await self._failures.write(self._consumer, msg.stream_sequence, runs)
+            raise
         if failure is None:
             try:
                 await msg.ack()
@@ -458,7 +472,7 @@ class NatsSubscription:
                     event_id=event.id,
                     reason=failure_reason(exc),
                 )
-            if failures:
+            if redelivered:
                 await self._forget(msg)
             return
         verdict = after_run(
@@ -469,21 +483,57 @@ class NatsSubscription:
             timed_out=timed_out,
         )
         if verdict.action == "retry":
-            await self._retry(msg, event, attempt, verdict)
-        else:
-            if verdict.reason == REASON_MAX_DELIVER:
-                self._logger.error(
-                    "event handler failed for the last time; dead-lettered",
-                    event_id=event.id,
-                    durable=self._durable,
-                    attempt=attempt,
-                    failure=verdict.error,
+            self._logger.warning(
+                "event handler failed; will retry",
+                event_id=event.id,
+                durable=self._durable,
+                attempt=attempt,
+                retry_in_s=verdict.delay,
+                failure=verdict.error,
+            )
+            if not recorded:
+                await self._record(msg, event, Runs(attempt))
+            try:
+                await msg.nak(delay=verdict.delay if verdict.delay > 0 else None)
+            except Exception as exc:
+                self._logger.warning("nak not sent", event_id=event.id, reason=failure_reason(exc))
+            return
+        if verdict.reason == REASON_MAX_DELIVER:
+            self._logger.error(
+                "event handler failed for the last time; dead-lettered",
+                event_id=event.id,
+                durable=self._durable,
+                attempt=attempt,
+                failure=verdict.error,
+            )
+        # Recorded with its verdict first: if the dead letter is not stored (or we die
+        # before it is), the redelivery is dead-lettered without running again.
+        owed_record = Runs(attempt, verdict.reason, verdict.error)
+        recorded = await self._record(msg, event, owed_record) or recorded
+        await self._dead_letter(msg, verdict, attempt, event, recorded=recorded)
+
+    async def _decode(self, msg: Delivery) -> event_codec.Decoded | None:
+        """The event in ``msg``; ``None`` when it does not decode (dead-lettered)."""
+        headers = msg.lowered_headers()
+        try:
+            try:
+                return event_codec.decode_message(msg.data, headers, lowered=True)
+            except event_codec.EventDecodeError:
+                # The broker's storage time stands in for a missing ce-time. Decoding
+                # is pure, so any other problem recurs; building the datetime only
+                # here saves it on every well-formed event.
+                return event_codec.decode_message(
+                    msg.data, headers, lowered=True, default_time=reply_info(msg.reply)[1]
                 )
-                # Recorded first: if the dead letter is not stored (or we die before
-                # it is), the redelivery is dead-lettered without running again.
-                if await self._record(msg, event, attempt):
-                    failures = attempt
-            await self._dead_letter(msg, verdict, attempt, event, failures)
+        except event_codec.EventDecodeError as exc:
+            self._logger.error(
+                "undecodable event dead-lettered",
+                subject=msg.subject,
+                durable=self._durable,
+                reason=exc.message,
+            )
+            await self._dead_letter(msg, undecodable_verdict(exc.message), 0, None)
+            return None
 
     async def _run(
         self, event: Event, request_id: str | None, attempt: int
@@ -513,13 +563,11 @@ class NatsSubscription:
             return exc, timed_out
         return None, False
 
-    async def _failures_of(self, msg: Delivery, event: Event) -> int:
-        """Failed runs recorded for ``msg``; -1 (and the event released for later)
-        when the record cannot be read: running the handler blind could exceed
-        ``max_deliver``."""
-        assert self._failures is not None
+    async def _runs_of(self, msg: Delivery, event: Event) -> Runs | None:
+        """The record of ``msg``'s runs; ``None`` (and the event released for later)
+        when it cannot be read: running the handler blind could exceed ``max_deliver``."""
         try:
-            return await self._failures.failures(self._consumer, msg.stream_sequence)
+            return await self._failures.read(self._consumer, msg.stream_sequence)
         except Exception as exc:
             self._logger.warning(
                 "failure record not readable; the event will come back",
@@ -529,38 +577,24 @@ class NatsSubscription:
             )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=backoff_delay(self._backoff, 1) or None)
-            return -1
+            return None
 
-    async def _record(self, msg: Delivery, event: Event, failures: int) -> bool:
-        """Record ``failures`` failed runs of ``msg``; whether the record was written."""
-        assert self._failures is not None
+    async def _record(self, msg: Delivery, event: Event, runs: Runs) -> bool:
+        """Record ``runs`` for ``msg``; whether the record was written."""
         try:
-            await self._failures.record(self._consumer, msg.stream_sequence, failures)
+            await self._failures.write(self._consumer, msg.stream_sequence, runs)
         except Exception as exc:
-            self._logger.warning(
-                "failed attempt not recorded", event_id=event.id, reason=failure_reason(exc)
+            self._logger.error(
+                "handler run not recorded; max_deliver may be exceeded for this event",
+                event_id=event.id,
+                durable=self._durable,
+                reason=failure_reason(exc),
             )
             return False
         return True
 
     async def _forget(self, msg: Delivery) -> None:
-        if self._failures is not None:
-            await self._failures.forget(self._consumer, msg.stream_sequence)
-
-    async def _retry(self, msg: Delivery, event: Event, attempt: int, verdict: Verdict) -> None:
-        self._logger.warning(
-            "event handler failed; will retry",
-            event_id=event.id,
-            durable=self._durable,
-            attempt=attempt,
-            retry_in_s=verdict.delay,
-            failure=verdict.error,
-        )
-        await self._record(msg, event, attempt)
-        try:
-            await msg.nak(delay=verdict.delay if verdict.delay > 0 else None)
-        except Exception as nak_exc:
-            self._logger.warning("nak not sent", event_id=event.id, reason=failure_reason(nak_exc))
+        await self._failures.forget(self._consumer, msg.stream_sequence)
 
     async def _dead_letter(
         self,
@@ -568,13 +602,15 @@ class NatsSubscription:
         verdict: Verdict,
         attempts: int,
         event: Event | None,
-        failures: int,
+        *,
+        recorded: bool = False,
     ) -> None:
         connection = self._connection
         s = connection.settings
         subject, body, headers = dead_letter_message(
             subject=msg.subject[self._prefix_len :],
             durable=self._durable,
+            consumer=self._consumer,
             data=msg.data,
             headers=msg.headers,
             reason=verdict.reason,
@@ -582,7 +618,7 @@ class NatsSubscription:
             error=verdict.error,
             stream_sequence=msg.stream_sequence,
             dead_prefix=s.dead_prefix,
-            max_payload=connection.max_payload,
+            max_payload=connection.message_limit(s.dead_stream),
         )
         event_id = event.id if event is not None else None
         try:
@@ -607,7 +643,7 @@ class NatsSubscription:
         )
         with contextlib.suppress(Exception):
             await msg.term()
-        if failures:
+        if recorded:
             await self._forget(msg)
 
     # --- stopping --------------------------------------------------------------------
@@ -622,7 +658,8 @@ class NatsSubscription:
         await asyncio.shield(self._stopped)
 
     async def _stop(self, timeout: float) -> None:
-        self._stopping = True
+        async with self._lifecycle:
+            self._stopping = True
         sub = self._sub
         nc = self._client
         if sub is not None and nc is not None and not nc.is_closed:
@@ -724,15 +761,22 @@ class NatsSubscriber:
         js = connection.jetstream
         try:
             info = await js.stream_info(s.dead_stream)
-            count = min(limit, info.state.messages)
-            if count == 0:
+            if info.state.messages == 0 or limit <= 0:
                 return []
             sub = await js.subscribe(
                 f"{s.dead_prefix}.>", stream=s.dead_stream, ordered_consumer=True
             )
             letters = []
             try:
-                for _ in range(count):
+                # The stream may hold letters of other prefixes (another service, an
+                # older default): count ours from the first one's pending number.
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    return []
+                letters.append(dead_letter_from(msg))
+                count = min(limit, 1 + msg.metadata.num_pending)
+                while len(letters) < count:
                     msg = await sub.next_msg(timeout=timeout)
                     letters.append(dead_letter_from(msg))
             finally:

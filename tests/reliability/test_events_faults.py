@@ -23,10 +23,10 @@ from adapters.memory import InMemoryConfig
 from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
 from domain_errors import ServiceUnavailable
 from ports.context import current_context
-from ports.events import Event
+from ports.events import DeadLetter, Event
 from testing.fakes import RecordingLogger
 from testing.servers import nats_cluster, nats_server
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -129,7 +129,9 @@ _CRASHING_CONSUMER = textwrap.dedent(
             print("STARTED", event.id, flush=True)
             await asyncio.Event().wait()  # never finishes: killed mid-event
 
-        await NatsSubscriber(conn).subscribe("jobs.>", handler, durable="crash", ack_wait=1)
+        await NatsSubscriber(conn).subscribe(
+            "jobs.>", handler, durable="crash", ack_wait=1, max_deliver={max_deliver}
+        )
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -152,7 +154,7 @@ async def test_consumer_killed_mid_event_means_redelivery(nats_url: str) -> None
     await conn.connect()
     event = Event(type="jobs.run", source="faults", organization_id="org", data={"job": 1})
     await NatsPublisher(conn).publish(event)
-    script = _CRASHING_CONSUMER.format(root=str(ROOT), values=values)
+    script = _CRASHING_CONSUMER.format(root=str(ROOT), values=values, max_deliver=5)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, stdout=subprocess.PIPE, env={**os.environ}
     )
@@ -174,6 +176,61 @@ async def test_consumer_killed_mid_event_means_redelivery(nats_url: str) -> None
     await conn.close()
     print(f"\nkilled consumer: event redelivered with attempt {attempts[0]}")
     assert attempts == [1]
+
+
+async def _crash_once(script: str, event_id: str) -> None:
+    """Run a consumer process until its handler starts on ``event_id``, then SIGKILL it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=subprocess.PIPE, env={**os.environ}
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
+        assert line.decode().split() == ["STARTED", event_id]
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_an_event_that_crashes_every_member_is_dead_lettered(nats_url: str) -> None:
+    """An event whose handler takes its process down every time (max_deliver=2): the
+    first crash is not counted, each redelivery records its run before it starts, so
+    after three crashed members the next one dead-letters it without running it."""
+    values = {
+        "NATS_URL": nats_url,
+        "SERVICE_NAME": "crashloop",
+        "EVENTS_STREAM": "CRASHLOOP",
+        "EVENTS_PREFIX": "crashloop",
+        "EVENTS_STORAGE": "memory",
+    }
+    conn = NatsConnection.from_config(InMemoryConfig(values))
+    await conn.connect()
+    event = Event(type="jobs.run", source="faults", organization_id="org", data={"job": 1})
+    await NatsPublisher(conn).publish(event)
+    script = _CRASHING_CONSUMER.format(root=str(ROOT), values=values, max_deliver=2)
+    for _ in range(3):
+        await _crash_once(script, event.id)
+    ran: list[int] = []
+
+    async def handler(e: Event) -> None:
+        ran.append(current_context()["attempt"])
+
+    subscriber = NatsSubscriber(conn)
+    sub = await subscriber.subscribe("jobs.>", handler, durable="crash", ack_wait=1, max_deliver=2)
+    dead: list[DeadLetter] = []
+
+    async def stored() -> bool:
+        dead[:] = await subscriber.dead_letters()
+        return bool(dead)
+
+    await wait_until_async(stored, timeout=15, what="dead letter after the crash loop")
+    await sub.stop()
+    await conn.jetstream.delete_stream("CRASHLOOP")
+    await conn.jetstream.delete_stream("CRASHLOOP_DEAD")
+    await conn.close()
+    print(f"\ncrash loop: 3 members crashed, then dead-lettered ({dead[0].reason})")
+    assert ran == []
+    assert [(d.reason, d.attempts) for d in dead] == [("max_deliver", 2)]
 
 
 async def test_cluster_node_killed_while_publishing() -> None:

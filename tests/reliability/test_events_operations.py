@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from nats.js.api import DiscardPolicy
 
 from adapters.memory import InMemoryConfig
 from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
 from adapters.nats_events import _internals as internals
 from adapters.nats_events import connection as connection_module
-from domain_errors import ServiceUnavailable
+from adapters.nats_events.attempts import bucket_name
+from adapters.nats_events.dead_letters import H_DEAD_CONSUMER
+from domain_errors import BadRequest, ServiceUnavailable
 from ports.context import bind_context, current_context
-from ports.events import Event
+from ports.events import DeadLetter, Event, Reject
 from testing.fakes import RecordingLogger
 from testing.servers import nats_server
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -39,7 +42,7 @@ def server_url() -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def _connected(
-    url: str, name: str, logger: RecordingLogger | None = None
+    url: str, name: str, logger: RecordingLogger | None = None, **extra: str
 ) -> AsyncIterator[NatsConnection]:
     connection = NatsConnection.from_config(
         InMemoryConfig(
@@ -51,6 +54,7 @@ async def _connected(
                 "EVENTS_STORAGE": "memory",
                 "EVENTS_PUBLISH_TIMEOUT_S": "2",
                 "EVENTS_PULL_EXPIRES_S": "1",
+                **extra,
             }
         ),
         logger=logger if logger is not None else RecordingLogger(),
@@ -257,3 +261,198 @@ async def test_a_mismatched_nats_py_falls_back_to_its_public_api(
     logger.assert_logged(
         "installed nats-py does not match the direct lane; using its public API", level="warning"
     )
+
+
+async def test_same_group_name_in_two_services_keeps_both_dead_letters(
+    server_url: str,
+) -> None:
+    """Two services on one stream, both with a group named ``projection``, both reject
+    the same event: each service's dead letter is stored."""
+    name = _name("SHAREDDEAD")
+    async with (
+        _connected(server_url, name, SERVICE_NAME="billing") as billing,
+        _connected(server_url, name, SERVICE_NAME="shipping") as shipping,
+    ):
+        rejected: list[str] = []
+
+        def rejecting(service: str) -> Callable[[Event], Awaitable[None]]:
+            async def handler(event: Event) -> None:
+                rejected.append(service)
+                raise Reject(f"{service} refuses")
+
+            return handler
+
+        subs = [
+            await NatsSubscriber(billing).subscribe(
+                "ops.>", rejecting("billing"), durable="projection"
+            ),
+            await NatsSubscriber(shipping).subscribe(
+                "ops.>", rejecting("shipping"), durable="projection"
+            ),
+        ]
+        await NatsPublisher(billing).publish(_events(1)[0])
+        reader = NatsSubscriber(billing)
+        dead: list[DeadLetter] = []
+
+        async def both_stored() -> bool:
+            dead[:] = await reader.dead_letters()
+            return len(dead) == 2
+
+        await wait_until_async(both_stored, timeout=10, what="two dead letters")
+        for sub in subs:
+            await sub.stop()
+    assert sorted(rejected) == ["billing", "shipping"]
+    assert sorted(d.error or "" for d in dead) == [
+        "billing refuses",
+        "shipping refuses",
+    ]
+    consumers = sorted(d.headers[H_DEAD_CONSUMER] for d in dead)
+    assert consumers == ["billing-projection", "shipping-projection"]
+
+
+async def test_a_lost_failure_record_bucket_still_bounds_attempts(server_url: str) -> None:
+    """The attempts bucket deleted while a failing event is retried (an operator, a
+    memory-storage restart) is created again: max_deliver still bounds the runs."""
+    name = _name("NOBUCKET")
+    async with _connected(server_url, name) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        runs: list[int] = []
+
+        async def handler(event: Event) -> None:
+            runs.append(current_context()["attempt"])
+            if len(runs) == 1:
+                await connection.jetstream.delete_key_value(bucket_name(name))
+            raise RuntimeError("always fails")
+
+        sub = await subscriber.subscribe(
+            "ops.>", handler, durable="nobucket", max_deliver=3, backoff=(0.05,)
+        )
+        await publisher.publish(_events(1)[0])
+        dead: list[DeadLetter] = []
+
+        async def stored() -> bool:
+            dead[:] = await subscriber.dead_letters()
+            return len(dead) == 1
+
+        await wait_until_async(stored, timeout=10, what="dead letter")
+        await sub.stop()
+    assert runs == [1, 2, 3]
+
+
+async def test_a_dead_letter_not_stored_never_runs_the_handler_again(server_url: str) -> None:
+    """A rejected event whose dead letter the dead-letter stream refuses (full, an
+    operator's limit) is not handled again; once the stream takes it, it is stored."""
+    name = _name("DEADFULL")
+    async with _connected(server_url, name) as connection:
+        js = connection.jetstream
+        dead_stream = connection.settings.dead_stream
+        info = await js.stream_info(dead_stream)
+        info.config.max_msgs = 1
+        info.config.discard = DiscardPolicy.NEW
+        await js.update_stream(info.config)
+        await js.publish(f"{connection.settings.dead_prefix}.filler.x", b"")
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        runs: list[int] = []
+
+        async def handler(event: Event) -> None:
+            runs.append(current_context()["attempt"])
+            raise Reject("never")
+
+        sub = await subscriber.subscribe("ops.>", handler, durable="deadfull", backoff=(0.05,))
+        await publisher.publish(_events(1)[0])
+        await wait_until(lambda: bool(runs), timeout=10, what="first run")
+        refused = connection._logger
+        assert isinstance(refused, RecordingLogger)
+        await wait_until(
+            lambda: len(refused.find("dead letter not stored; the event will come back")) >= 2,
+            timeout=30,
+            what="two refused dead letters",
+        )
+        await js.purge_stream(dead_stream)
+        dead: list[DeadLetter] = []
+
+        async def stored() -> bool:
+            dead[:] = await subscriber.dead_letters()
+            return len(dead) == 1
+
+        await wait_until_async(stored, timeout=30, what="dead letter stored")
+        await sub.stop()
+    assert runs == [1]
+    assert dead[0].reason == "rejected"
+
+
+async def test_forged_statuses_on_the_inbox_do_not_widen_the_prefetch(server_url: str) -> None:
+    """Request-timeout statuses forged by another client on a subscription's inbox
+    leave it holding at most 2 x concurrency events it has not started."""
+    async with _connected(server_url, _name("FORGED")) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        release = asyncio.Event()
+        handled: list[str] = []
+
+        async def slow(event: Event) -> None:
+            await release.wait()
+            handled.append(event.id)
+
+        sub = await subscriber.subscribe("ops.>", slow, durable="forged", concurrency=1)
+        for _ in range(50):
+            await connection.client.publish(sub._inbox, b"", headers={"Status": "408"})
+        await connection.client.flush()
+        await publisher.publish_many(_events(30))
+        await wait_until(lambda: len(sub._tracked) >= 1, timeout=10, what="first delivery")
+        info = await connection.jetstream.consumer_info(connection.settings.stream, sub.consumer)
+        held = info.num_ack_pending
+        release.set()
+        await wait_until(lambda: len(handled) == 30, timeout=20, what="all handled")
+        await sub.stop()
+    assert held <= 3  # one in the handler, at most two waiting
+
+
+async def test_an_operators_message_size_limit_is_kept(server_url: str) -> None:
+    """A stream an operator limited with max_msg_size: a larger event is a BadRequest
+    before sending, and a dead letter is trimmed to fit the dead-letter stream's limit."""
+    name = _name("MSGSIZE")
+    async with _connected(server_url, name) as first:
+        js = first.jetstream
+        for stream in (first.settings.stream, first.settings.dead_stream):
+            info = await js.stream_info(stream)
+            info.config.max_msg_size = 4096
+            await js.update_stream(info.config)
+    async with _connected(server_url, name) as connection:
+        publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
+        big = Event(type="ops.big", source="ops", organization_id="org", data={"x": "y" * 5000})
+        with pytest.raises(BadRequest, match="4096"):
+            await publisher.publish(big)
+
+        async def handler(event: Event) -> None:
+            raise Reject("z" * 6000)
+
+        sub = await subscriber.subscribe("ops.>", handler, durable="msgsize")
+        fits = Event(type="ops.fits", source="ops", organization_id="org", data={"x": "y" * 3000})
+        await publisher.publish(fits)
+        dead: list[DeadLetter] = []
+
+        async def stored() -> bool:
+            dead[:] = await subscriber.dead_letters()
+            return len(dead) == 1
+
+        await wait_until_async(stored, timeout=10, what="dead letter")
+        await sub.stop()
+    assert dead[0].event is not None
+    assert dead[0].event.id == fits.id
+
+
+async def test_dead_letters_of_other_prefixes_do_not_stall_reading(server_url: str) -> None:
+    """A dead-letter stream that also holds letters under another prefix (an older
+    default, another service) returns ours without waiting for the others."""
+    name = _name("OLDDEAD")
+    async with _connected(server_url, name, EVENTS_DEAD_PREFIX=f"dead.{name.lower()}") as c:
+        js = c.jetstream
+        info = await js.stream_info(c.settings.dead_stream)
+        info.config.subjects = [*(info.config.subjects or []), "olddead.>"]
+        await js.update_stream(info.config)
+        await js.publish("olddead.projection.x", b"old")
+        subscriber = NatsSubscriber(c)
+        began = asyncio.get_running_loop().time()
+        assert await subscriber.dead_letters(timeout=3) == []
+        took = asyncio.get_running_loop().time() - began
+    assert took < 3.5

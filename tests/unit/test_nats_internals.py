@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from adapters import event_codec
 from adapters.nats_events import NatsConnection, NatsSettings, NatsSubscription
 from adapters.nats_events._errors import AckError, NoResponders, is_retryable
+from adapters.nats_events.attempts import Runs
 from adapters.nats_events.wire import (
     Delivery,
     header_lines,
@@ -121,9 +122,10 @@ class FakeClient:
 
 
 class RecordingFailures:
-    """An in-memory :class:`~adapters.nats_events.attempts.FailureRecord`: failed-run
-    counts by (consumer, stream sequence), every call in ``calls`` (and ``record``
-    in ``journal``); reading or recording fails with ``read_error`` / ``write_error``."""
+    """An in-memory :class:`~adapters.nats_events.attempts.FailureRecord`: run counts
+    (and owed dead letters) by (consumer, stream sequence), every call in ``calls``
+    (and each write as ``record`` in ``journal``); reading or writing fails with
+    ``read_error`` / ``write_error``."""
 
     def __init__(
         self,
@@ -134,27 +136,32 @@ class RecordingFailures:
         journal: list[str] | None = None,
     ) -> None:
         self.counts = dict(counts or {})
+        self.owed: dict[tuple[str, int], tuple[str, str]] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.journal = journal if journal is not None else []
         self._read_error = read_error
         self._write_error = write_error
 
-    async def failures(self, consumer: str, sequence: int) -> int:
-        self.calls.append(("failures", consumer, sequence))
+    async def read(self, consumer: str, sequence: int) -> Runs:
+        self.calls.append(("read", consumer, sequence))
         if self._read_error is not None:
             raise self._read_error
-        return self.counts.get((consumer, sequence), 0)
+        reason, error = self.owed.get((consumer, sequence), ("", ""))
+        return Runs(self.counts.get((consumer, sequence), 0), reason, error)
 
-    async def record(self, consumer: str, sequence: int, failures: int) -> None:
-        self.calls.append(("record", consumer, sequence, failures))
+    async def write(self, consumer: str, sequence: int, runs: Runs) -> None:
+        self.calls.append(("record", consumer, sequence, runs.runs))
         self.journal.append("record")
         if self._write_error is not None:
             raise self._write_error
-        self.counts[(consumer, sequence)] = failures
+        self.counts[(consumer, sequence)] = runs.runs
+        if runs.reason:
+            self.owed[(consumer, sequence)] = (runs.reason, runs.error)
 
     async def forget(self, consumer: str, sequence: int) -> None:
         self.calls.append(("forget", consumer, sequence))
         self.counts.pop((consumer, sequence), None)
+        self.owed.pop((consumer, sequence), None)
 
 
 class Ticks:
@@ -312,7 +319,11 @@ class TestAttempts:
         sub = _subscription(connection, handler, max_deliver=5, record=record)
         await sub._process(delivery(delivered=9))
         assert runs == [3]
-        assert record.calls[0] == ("failures", "hexinfra-d", SEQUENCE)
+        assert record.calls == [
+            ("read", "hexinfra-d", SEQUENCE),
+            ("record", "hexinfra-d", SEQUENCE, 3),  # the run, before it starts
+            ("forget", "hexinfra-d", SEQUENCE),
+        ]
 
     async def test_redelivery_without_failures_is_a_first_attempt(self) -> None:
         """Deliveries that were never handler runs (returned at stop, after a
@@ -331,7 +342,31 @@ class TestAttempts:
         assert runs == [1]
         assert stored == []
         assert acks(msg) == [("ack", None)]
-        assert record.calls == [("failures", "hexinfra-d", SEQUENCE)]
+        assert record.calls == [
+            ("read", "hexinfra-d", SEQUENCE),
+            ("record", "hexinfra-d", SEQUENCE, 1),
+            ("forget", "hexinfra-d", SEQUENCE),
+        ]
+
+    async def test_a_run_cut_short_by_stop_is_taken_back(self) -> None:
+        """A redelivered run cancelled because stop() timed out writes back the record
+        it had before the run: a stop is not the handler's failure."""
+        started = asyncio.Event()
+
+        async def hangs(event: Event) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        connection = _connection()
+        record = RecordingFailures({("hexinfra-d", SEQUENCE): 1})
+        sub = _subscription(connection, hangs, max_deliver=3, record=record)
+        task = asyncio.ensure_future(sub._process(delivery(delivered=4)))
+        await started.wait()
+        assert record.counts == {("hexinfra-d", SEQUENCE): 2}  # the run, recorded
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert record.counts == {("hexinfra-d", SEQUENCE): 1}
 
     async def test_unreadable_record_releases_the_event(self) -> None:
         """A redelivery whose record cannot be read is nak'ed with the first backoff
@@ -344,7 +379,7 @@ class TestAttempts:
         await sub._process(msg)
         assert runs == []
         assert acks(msg) == [("nak", 0.5)]
-        assert record.calls == [("failures", "hexinfra-d", SEQUENCE)]
+        assert record.calls == [("read", "hexinfra-d", SEQUENCE)]
         _logger(connection).assert_logged(
             "failure record not readable; the event will come back", level="warning"
         )
@@ -370,7 +405,9 @@ class TestAttempts:
         msg = delivery()
         await sub._process(msg)
         assert acks(msg) == [("nak", 0.5)]
-        _logger(connection).assert_logged("failed attempt not recorded", level="warning")
+        _logger(connection).assert_logged(
+            "handler run not recorded; max_deliver may be exceeded for this event", level="error"
+        )
 
     async def test_success_after_failures_forgets_the_record(self) -> None:
         """A run that succeeds after recorded failures acks, then purges the record."""
@@ -425,7 +462,7 @@ class TestAttempts:
         assert subject == "dead.evt.d.orders.placed"
         assert headers["Dead-Letter-Reason"] == "max_deliver"
         assert headers["Dead-Letter-Attempts"] == "3"
-        assert headers["Nats-Msg-Id"] == "d:7"
+        assert headers["Nats-Msg-Id"] == "hexinfra-d:7"  # the consumer: one per service
         assert headers["Dead-Letter-Msg-Id"] == EVENT.id
         assert acks(msg) == [("term", None)]
         assert record.counts == {}
@@ -631,8 +668,10 @@ class TestPulling:
     """Pull requests, the prefetch bound, the inbox, statuses and the watchdog."""
 
     async def test_status_messages_adjust_the_credit(self) -> None:
-        """100 changes nothing; 408/409 with pending subtract it; 409 'Consumer Deleted'
-        and 503 ask for a consumer check; any other status resets and pulls again."""
+        """100 changes nothing; 408/409 with pending subtract it and pull again; a
+        409 or 503 without it ends the request (the watchdog checks the consumer and
+        pulls); anything else (400, a 408 without pending) is logged and left to the
+        watchdog, so a forged or unexpected status neither spins nor widens the pull."""
         connection = _connection()
         client = FakeClient()
         sub = _subscription(connection)
@@ -649,20 +688,26 @@ class TestPulling:
         assert sub._requested == 100
         await status("408 Request Timeout", **{"Nats-Pending-Messages": "30"})
         assert sub._requested == 70
+        await status("408 Request Timeout")  # no pending count: not the server's
+        await status("400 Bad Request")
+        assert sub._requested == 70
+        assert client.published == []
+        _logger(connection).assert_logged(
+            "pull status not understood; the watchdog will pull again",
+            level="warning",
+            status="400",
+            description="Bad Request",
+        )
         await status("409 Consumer Deleted")
         assert sub._check_consumer
         sub._check_consumer = False
         await status("503")
         assert sub._check_consumer
         assert sub._requested == 0
-        assert client.published == []  # both: the watchdog pulls again later
-        await status("400 Bad Request")
-        assert sub._requested == 2  # 2 x concurrency
+        assert client.published == []  # the watchdog pulls again later
+        await status("409 Leadership Change", **{"Nats-Pending-Messages": "0"})
         assert client.requests[-1][0] == "$JS.API.CONSUMER.MSG.NEXT.EVENTS.hexinfra-d"
-        assert client.requests[-1][1]["batch"] == 2
-        _logger(connection).assert_logged(
-            "pull status", level="debug", status="400", description="Bad Request"
-        )
+        assert client.requests[-1][1]["batch"] == 2  # 2 x concurrency
 
     @given(
         concurrency=st.integers(1, 8),
