@@ -21,8 +21,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from adapters import event_codec
-from adapters.nats_events import NatsConnection, NatsSettings, NatsSubscription
+from adapters.nats_events import NatsConnection, NatsSettings, NatsSubscription, _internals
 from adapters.nats_events._errors import AckError, NoResponders, is_retryable
+from adapters.nats_events._internals import lanes_supported
 from adapters.nats_events.attempts import Runs
 from adapters.nats_events.wire import (
     Delivery,
@@ -1154,3 +1155,42 @@ class TestWireHeaders:
         assert not is_ack_subject(b"$JS.ACK.S.d.x.10.9.1893456000000000000.0")
         assert not is_ack_subject(b"$JS.ACK.S.d.3.10.9")
         assert not is_ack_subject(b"_INBOX.abc")
+
+
+class TestDirectLaneCheck:
+    """The direct lane is used only when the installed nats-py matches it."""
+
+    def test_the_installed_nats_py_matches(self) -> None:
+        """nats-py as pinned: ``Client._process_msg(sid, subject, reply, data, headers)``."""
+        assert lanes_supported()
+
+    def test_a_changed_entry_point_is_refused(self) -> None:
+        """A nats-py whose parser entry point changed (renamed parameters, a sync
+        method, or none at all) is refused, so the connection uses the public API."""
+
+        class Renamed(Client):
+            async def _process_msg(
+                self, sid: int, subject: bytes, reply: bytes, payload: bytes, hdr: bytes
+            ) -> None:
+                return None
+
+        class Sync(Client):
+            def _process_msg(self, *args: Any) -> None:  # type: ignore[override]
+                return None
+
+        class Gone(Client):
+            _process_msg = None  # type: ignore[assignment]
+
+        assert not lanes_supported(Renamed)
+        assert not lanes_supported(Sync)
+        assert not lanes_supported(Gone)
+
+    def test_a_public_client_gets_raw_parts_through_a_callback(self) -> None:
+        """Without lanes, a message nats-py parsed is written back into the raw parts
+        the lane reads: a status on the version line, other headers as lines."""
+        block = _internals._header_block({"Status": "408", "Description": "Request Timeout"})
+        assert block == b"NATS/1.0 408 Request Timeout\r\n\r\n"
+        block = _internals._header_block({"ce-id": "1", "Nats-Msg-Id": "1"})
+        assert block is not None
+        assert header_lines(block[len(b"NATS/1.0\r\n") :]) == {"ce-id": "1", "Nats-Msg-Id": "1"}
+        assert _internals._header_block(None) is None
