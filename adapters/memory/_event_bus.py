@@ -585,9 +585,16 @@ class InMemoryEventBus:
         """Nothing to connect; present so that the bus drops in where NATS was."""
 
     async def health_check(self) -> None:
-        """``ServiceUnavailable`` once closed; ``None`` otherwise."""
+        """``ServiceUnavailable`` once closed, or while a subscription cannot go on (a
+        worker ended: as the NATS connection reports it); ``None`` otherwise."""
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
+        broken = sorted(s.durable for s in self._subscriptions if s._broken and not s._stopping)
+        if broken:
+            raise ServiceUnavailable(
+                f"subscriptions cannot go on: {', '.join(broken)}",
+                details={"reason": "subscription", "durables": broken},
+            )
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop every subscription (letting handlers finish) and cancel pending

@@ -226,8 +226,9 @@ class TestWorkerIsolation:
     async def test_a_worker_that_ends_turns_running_false(
         self, bus: InMemoryEventBus, logger: RecordingLogger
     ) -> None:
-        """A worker cancelled from outside: running turns false, an error is logged, and
-        the event it held goes back to the durable with no attempt used."""
+        """A worker cancelled from outside: running turns false, an error is logged, the
+        health check reports it, and the event it held goes back to the durable with no
+        attempt used."""
         attempts: list[int] = []
 
         async def hang_first(event: Event) -> None:
@@ -242,6 +243,8 @@ class TestWorkerIsolation:
         worker.cancel()
         await asyncio.wait([worker])
         assert sub.running is False
+        with pytest.raises(ServiceUnavailable, match="dies"):
+            await bus.health_check()
         logger.assert_logged(
             "event worker ended unexpectedly; the subscription cannot go on",
             level="error",
