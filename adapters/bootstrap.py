@@ -11,9 +11,22 @@
     # closed in reverse order, also when a connect failed half way
 
 ``INFRA_ADAPTERS`` chooses ``memory`` (SqliteDatabase + InMemoryEventBus) or ``real``
-(PostgresDatabase + NATS JetStream); unset, it is ``real`` when both ``DATABASE_URL``
-and ``NATS_URL`` are set and ``memory`` otherwise. The real adapters' modules are
-imported only in ``real`` mode, so a memory-mode service never loads psycopg or nats.
+(PostgresDatabase + NATS JetStream); anything else is a ``ConfigurationError`` naming
+the key and both values. Unset (or blank), the URLs decide, failing loud rather than
+falling back to memory:
+
+- both ``DATABASE_URL`` and ``NATS_URL`` set: ``real``;
+- one without the other: ``ConfigurationError`` naming the missing key (a misspelt
+  ``NAST_URL`` must never put a service on in-memory storage);
+- neither: ``memory``, unless ``APP_ENV`` is ``production`` (or ``prod``), where it is a
+  ``ConfigurationError`` naming both keys.
+
+A URL counts as set when the config has a value for it (defaults included, even an
+empty one: real mode then refuses the empty URL). Memory mode logs a warning when
+the infrastructure connects (data is lost at restart) and ``health()`` reports the
+mode. Every numeric setting of the chosen adapters is checked when they are built
+(ADR 0025). The real adapters' modules are imported only in ``real`` mode, so a
+memory-mode service never loads psycopg or nats.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Final, Literal, Protocol, Self
 
 import attrs
 
@@ -42,6 +55,9 @@ __all__ = [
 ]
 
 Mode = Literal["memory", "real"]
+
+_URLS: Final = ("DATABASE_URL", "NATS_URL")
+_PRODUCTION: Final = frozenset({"production", "prod"})
 
 
 class _Component(Protocol):
@@ -111,6 +127,9 @@ class Infrastructure:
     publisher: Publisher
     subscriber: Subscriber
     mode: Mode
+    reason: str = ""
+    """Why this mode was chosen (``INFRA_ADAPTERS=memory``, ``no DATABASE_URL or
+    NATS_URL``...), logged at start."""
     close_timeout: float = 10.0
     health_timeout: float = 5.0
     _components: list[tuple[str, _Component]] = attrs.field(alias="components")
@@ -131,6 +150,13 @@ class Infrastructure:
             mode=self.mode,
             components=[name for name, _ in self._components],
         )
+        if self.mode == "memory":
+            self.logger.warning(
+                "infrastructure on in-memory adapters: nothing is stored outside this "
+                "process, every write is lost at restart",
+                mode=self.mode,
+                reason=self.reason,
+            )
 
     async def close(self) -> None:
         """Close every connected component in reverse order. Idempotent."""
@@ -176,16 +202,61 @@ class Infrastructure:
 
 
 def adapter_mode(config: ConfigSource) -> Mode:
-    """``INFRA_ADAPTERS`` if set (``memory`` / ``real``), else ``real`` when both
-    ``DATABASE_URL`` and ``NATS_URL`` are set, else ``memory``."""
+    """The mode ``config`` asks for, by the rules in the module docstring.
+
+    ``ConfigurationError`` (naming the keys, never their values) when ``INFRA_ADAPTERS``
+    is neither ``memory`` nor ``real``, when one URL is set without the other, or when
+    neither is set and ``APP_ENV`` is ``production``.
+    """
+    return _choose(config)[0]
+
+
+def _env_name(config: ConfigSource, key: str) -> str:
+    env_name = getattr(config, "env_name", None)
+    return str(env_name(key)) if callable(env_name) else key
+
+
+def _app_env(config: ConfigSource) -> str:
+    # EnvConfig reads APP_ENV unprefixed (and from .env); other sources hold it as a key.
+    environment = getattr(config, "environment", None)
+    if not isinstance(environment, str):
+        environment = config.get("APP_ENV") or ""
+    return environment.strip().lower()
+
+
+def _choose(config: ConfigSource) -> tuple[Mode, str]:
+    """(mode, why) from ``config``."""
+    key = _env_name(config, "INFRA_ADAPTERS")
     chosen = (config.get("INFRA_ADAPTERS") or "").strip().lower()
-    if chosen in ("memory", "real"):
-        return "memory" if chosen == "memory" else "real"
+    if chosen == "memory":
+        return "memory", f"{key}=memory"
+    if chosen == "real":
+        return "real", f"{key}=real"
     if chosen:
         raise ConfigurationError(
-            "INFRA_ADAPTERS must be 'memory' or 'real'", details={"key": "INFRA_ADAPTERS"}
+            f"setting {key} must be 'memory' or 'real' (or unset: chosen from "
+            f"{' and '.join(_env_name(config, url) for url in _URLS)})",
+            details={"key": key, "expected": ["memory", "real"]},
         )
-    return "real" if config.is_set("DATABASE_URL") and config.is_set("NATS_URL") else "memory"
+    names = [_env_name(config, url) for url in _URLS]
+    present = [config.get(url) is not None for url in _URLS]
+    if all(present):
+        return "real", f"{names[0]} and {names[1]} are set"
+    if any(present):
+        missing, given = (names[1], names[0]) if present[0] else (names[0], names[1])
+        raise ConfigurationError(
+            f"setting {missing} is missing while {given} is set: set both for the real "
+            f"adapters, or {key}=memory to run in memory on purpose (a misspelt key must "
+            "not put a service on in-memory storage)",
+            details={"key": missing, "missing": [missing]},
+        )
+    if _app_env(config) in _PRODUCTION:
+        raise ConfigurationError(
+            f"settings {names[0]} and {names[1]} are missing and APP_ENV is production: "
+            f"set both, or {key}=memory to run in memory on purpose",
+            details={"key": names[0], "missing": names},
+        )
+    return "memory", f"neither {names[0]} nor {names[1]} is set"
 
 
 def build_infrastructure(
@@ -197,13 +268,17 @@ def build_infrastructure(
 ) -> Infrastructure:
     """Build (without connecting) every adapter a service needs from ``config``.
 
-    ``memory=None`` reads :func:`adapter_mode`; ``True``/``False`` force it. The
+    ``memory=None`` reads :func:`adapter_mode` (which fails loud on one URL without
+    the other, see the module docstring); ``True``/``False`` force it. The
     logger defaults to :func:`adapters.structlog_logger.configure_logging`
     (``SERVICE_NAME``, ``LOG_LEVEL``, ``LOG_FORMAT``), the clock to the system
     clock. In ``real`` mode ``DATABASE_URL`` and ``NATS_URL`` are validated up
     front, naming every missing key in one ``ConfigurationError``.
     """
-    mode: Mode = adapter_mode(config) if memory is None else ("memory" if memory else "real")
+    if memory is None:
+        mode, reason = _choose(config)
+    else:
+        mode, reason = ("memory", "memory=True") if memory else ("real", "memory=False")
     if logger is None:
         from .structlog_logger import configure_logging
 
@@ -238,5 +313,6 @@ def build_infrastructure(
         publisher=publisher,
         subscriber=subscriber,
         mode=mode,
+        reason=reason,
         components=components,
     )

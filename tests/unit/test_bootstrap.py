@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from adapters.bootstrap import Infrastructure, adapter_mode, build_infrastructure
+from adapters.env_config import EnvConfig
 from adapters.memory import InMemoryConfig, InMemoryEventBus, SqliteDatabase
 from domain_errors import ConfigurationError, ServiceUnavailable
 from ports import Event
@@ -65,7 +66,10 @@ class TestChoosingAdapters:
         ("values", "expected"),
         [
             ({}, "memory"),
-            ({"DATABASE_URL": "postgresql://x"}, "memory"),
+            ({"APP_ENV": "staging"}, "memory"),
+            ({"DATABASE_URL": "postgresql://x", "INFRA_ADAPTERS": "memory"}, "memory"),
+            ({"APP_ENV": "production", "INFRA_ADAPTERS": "memory"}, "memory"),
+            ({"INFRA_ADAPTERS": " "}, "memory"),
             ({"DATABASE_URL": "postgresql://x", "NATS_URL": "nats://y"}, "real"),
             (
                 {
@@ -83,9 +87,61 @@ class TestChoosingAdapters:
         assert adapter_mode(InMemoryConfig(values)) == expected
 
     def test_unknown_mode_is_a_configuration_error(self) -> None:
-        """A typo in INFRA_ADAPTERS names the key."""
-        with pytest.raises(ConfigurationError, match="INFRA_ADAPTERS"):
+        """A typo in INFRA_ADAPTERS names the key and the accepted values, not the value."""
+        with pytest.raises(ConfigurationError, match="INFRA_ADAPTERS") as info:
             adapter_mode(InMemoryConfig({"INFRA_ADAPTERS": "postgres"}))
+        assert "'memory' or 'real'" in str(info.value)
+        assert "postgres" not in str(info.value)
+        assert info.value.details["key"] == "INFRA_ADAPTERS"
+
+    @pytest.mark.parametrize(
+        ("values", "missing"),
+        [
+            ({"DATABASE_URL": "postgresql://x", "NAST_URL": "nats://y"}, "NATS_URL"),
+            ({"NATS_URL": "nats://y", "DATABSE_URL": "postgresql://x"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "", "APP_ENV": "dev"}, "NATS_URL"),
+        ],
+    )
+    def test_one_url_without_the_other_fails_loud(
+        self, values: dict[str, str], missing: str
+    ) -> None:
+        """A misspelt URL key never puts a service on in-memory storage: the missing key
+        is named, and build_infrastructure refuses too (no URL value in the message)."""
+        with pytest.raises(ConfigurationError) as info:
+            adapter_mode(InMemoryConfig(values))
+        assert info.value.details == {"key": missing, "missing": [missing]}
+        assert f"setting {missing} is missing" in str(info.value)
+        with pytest.raises(ConfigurationError, match=missing) as built:
+            build_infrastructure(InMemoryConfig(values), logger=RecordingLogger())
+        assert "postgresql://x" not in str(built.value)
+        assert "nats://y" not in str(built.value)
+
+    def test_a_url_given_as_a_default_counts(self) -> None:
+        """A URL from the defaults layer is set as far as the choice goes."""
+        config = InMemoryConfig({"NATS_URL": "nats://y"}, defaults={"DATABASE_URL": "pg://"})
+        assert adapter_mode(config) == "real"
+        with pytest.raises(ConfigurationError, match="NATS_URL"):
+            adapter_mode(InMemoryConfig(defaults={"DATABASE_URL": "pg://"}))
+
+    @pytest.mark.parametrize("app_env", ["production", "PRODUCTION", "prod"])
+    def test_no_urls_in_production_fails_loud(self, app_env: str) -> None:
+        """Without URLs in production, no silent memory mode: both keys are named."""
+        with pytest.raises(ConfigurationError) as info:
+            adapter_mode(InMemoryConfig({"APP_ENV": app_env}))
+        assert "DATABASE_URL" in str(info.value)
+        assert "NATS_URL" in str(info.value)
+        assert info.value.details["missing"] == ["DATABASE_URL", "NATS_URL"]
+
+    def test_env_config_production_from_its_environment(self) -> None:
+        """EnvConfig's environment (APP_ENV, read unprefixed) counts, with a prefix too;
+        the keys named carry the prefix."""
+        config = EnvConfig(prefix="APP", env_file=None, environ={"APP_ENV": "production"})
+        with pytest.raises(ConfigurationError) as info:
+            adapter_mode(config)
+        assert info.value.details["missing"] == ["APP_DATABASE_URL", "APP_NATS_URL"]
+        half = EnvConfig(prefix="APP", env_file=None, environ={"APP_NATS_URL": "nats://y"})
+        with pytest.raises(ConfigurationError, match="APP_DATABASE_URL"):
+            adapter_mode(half)
 
     def test_real_mode_names_every_missing_url(self) -> None:
         """Forcing real adapters without URLs names both missing keys at once."""
@@ -115,8 +171,28 @@ class TestLifecycle:
             assert report.healthy
             assert set(report.to_dict()["components"]) == {"database", "events"}
         log.assert_logged("infrastructure connected", mode="memory")
+        assert report.mode == "memory"
+        assert report.to_dict()["mode"] == "memory"
         after = await infra.health()
         assert not after.healthy
+
+    async def test_memory_mode_warns_at_start(self) -> None:
+        """Memory mode says so at warning level when it starts, with the reason; building
+        alone logs nothing (no I/O, no noise)."""
+        log = RecordingLogger()
+        infra = build_infrastructure(InMemoryConfig(), logger=log)
+        assert not [r for r in log.records if r.level == "warning"]
+        async with infra:
+            log.assert_logged(
+                "infrastructure on in-memory adapters: nothing is stored outside this "
+                "process, every write is lost at restart",
+                level="warning",
+                mode="memory",
+                reason="neither DATABASE_URL nor NATS_URL is set",
+            )
+        forced = RecordingLogger()
+        async with build_infrastructure(InMemoryConfig(), memory=True, logger=forced):
+            assert any(r.level == "warning" for r in forced.records)
 
     async def test_connects_in_order_and_closes_in_reverse(self) -> None:
         """Components connect in order and close in reverse order."""
