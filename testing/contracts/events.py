@@ -4,7 +4,7 @@ Subclass :class:`EventContract` and provide an async ``event_harness`` fixture
 yielding an :class:`EventHarness` for the adapter under test::
 
     class TestInMemoryEventBus(EventContract):
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def event_harness(self) -> AsyncIterator[EventHarness]:
             clock = FakeClock()
             bus = InMemoryEventBus(clock=clock)
@@ -320,8 +320,12 @@ def _sizes(message: str) -> list[int]:
 class EventContract:
     """Contract of :class:`ports.events.Publisher` and :class:`ports.events.Subscriber`.
 
-    Needs an async fixture ``event_harness`` yielding an :class:`EventHarness`.
+    Needs an async fixture ``event_harness`` yielding an :class:`EventHarness`
+    (``@pytest_asyncio.fixture``). The tests carry their own asyncio mark, so the
+    suite runs under pytest-asyncio's default strict mode with no configuration.
     """
+
+    pytestmark = pytest.mark.asyncio
 
     # -- publishing -------------------------------------------------------------------
 
