@@ -12,15 +12,21 @@ unit test on the fake means the same thing in production:
 - float: a decimal or exponent literal, ``inf``/``infinity``/``nan`` in any case.
 - bool: :data:`ports.config.TRUE_WORDS` / :data:`~ports.config.FALSE_WORDS`, any case.
 
+Parsing says nothing about range: ``nan``, ``inf`` and ``10**30`` parse. Each adapter
+checks its numeric settings with :class:`NumberRule` / :func:`check_number` (finite, in
+range), so that a bad value is a ``ConfigurationError`` naming the key and the expected
+range, never the value (ADR 0025).
+
 Surrounding whitespace is ignored for typed getters; ``get``/``get_str`` return the
 text as stored. An empty value is a value (``""``), not "unset".
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from domain_errors import ConfigurationError
 from ports.config import FALSE_WORDS, MISSING, TRUE_WORDS, Missing, normalize_key
@@ -35,6 +41,11 @@ __all__ = [
     "parse_float",
     "parse_bool",
     "EXPECTED",
+    "NumberRule",
+    "check_number",
+    "MINUTE",
+    "HOUR",
+    "DAY",
 ]
 
 T = TypeVar("T")
@@ -55,11 +66,17 @@ EXPECTED: Final = {
 
 
 def parse_int(text: str) -> int | None:
-    """``text`` as an int, or ``None`` when it is not a strict base-10 integer."""
+    """``text`` as an int, or ``None`` when it is not a strict base-10 integer.
+
+    More digits than Python converts (``sys.get_int_max_str_digits``) is ``None`` too.
+    """
     stripped = text.strip(_WS)
     if _INT.fullmatch(stripped) is None:
         return None
-    return int(stripped)
+    try:
+        return int(stripped)
+    except ValueError:  # longer than the interpreter's digit limit
+        return None
 
 
 def parse_float(text: str) -> float | None:
@@ -68,6 +85,62 @@ def parse_float(text: str) -> float | None:
     if _FLOAT.fullmatch(stripped) is None:
         return None
     return float(stripped)
+
+
+MINUTE: Final = 60.0
+HOUR: Final = 3600.0
+DAY: Final = 86_400.0
+
+
+class NumberRule(NamedTuple):
+    """The values a numeric setting accepts: ``low``..``high`` (``low`` excluded when
+    ``low_open``), plus ``special`` values with a meaning of their own (``-1`` = no
+    limit...) described by ``note``. Never NaN or an infinity."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    integer: bool = False
+    special: tuple[float, ...] = ()
+    note: str = ""
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` is finite and in range (or one of the special values)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if value in self.special:
+            return True
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+    def describe(self) -> str:
+        """The rule in words, for error messages: ``an integer from 1 to 100``."""
+        kind = "an integer" if self.integer else "a finite number"
+        low, high = f"{self.low:g}", f"{self.high:g}"
+        if self.integer:
+            low, high = str(int(self.low)), str(int(self.high))
+        span = f"{kind} > {low} and <= {high}" if self.low_open else f"{kind} from {low} to {high}"
+        return f"{self.note} or {span}" if self.note else span
+
+
+def check_number(key: str, value: float, rule: NumberRule, *, field: str | None = None) -> None:
+    """``ConfigurationError`` naming ``key`` and ``rule`` unless ``rule`` admits ``value``.
+
+    The message never carries the value. ``field`` (a settings attribute) is added to
+    the message when the value came from code rather than from a ConfigSource.
+    """
+    if rule.admits(value):
+        return
+    expected = rule.describe()
+    where = f"{key} ({field})" if field and field != key else key
+    raise ConfigurationError(
+        f"setting {where} must be {expected}",
+        details={"key": key, "expected": expected},
+    )
 
 
 def parse_bool(text: str) -> bool | None:

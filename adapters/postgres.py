@@ -57,6 +57,15 @@ Settings keys (read through :class:`ports.config.ConfigSource`):
 ``DB_CONNECT_TIMEOUT_S`` 5, ``DB_SLOW_QUERY_MS`` 500, ``DB_STATEMENT_TIMEOUT_MS`` (unset: no
 limit), ``DB_HEALTH_TIMEOUT_S`` 2, ``DB_PREPARE_THRESHOLD`` 5 (negative: never prepare),
 ``DB_APPLICATION_NAME`` (default ``SERVICE_NAME``, else ``hexinfra``).
+
+Every number is checked when the settings are built (ADR 0025): finite, in range,
+``DB_POOL_MIN_SIZE`` <= ``DB_POOL_MAX_SIZE`` (0..1000 and 1..1000),
+``DB_CONNECT_RETRIES`` 1..100 (attempts), timeouts (``DB_POOL_TIMEOUT_S``,
+``DB_CONNECT_TIMEOUT_S``, ``DB_HEALTH_TIMEOUT_S``) > 0 and <= 3600, pool lifetimes > 0 and
+<= 86400, ``DB_CONNECT_BACKOFF_S`` 0..60, ``DB_SLOW_QUERY_MS`` 0..3600000,
+``DB_STATEMENT_TIMEOUT_MS`` 0 (no limit) or 1..86400000, ``DB_PREPARE_THRESHOLD`` at most
+1000000. A value out of range is a ``ConfigurationError`` naming the key and the range,
+never the value.
 """
 
 from __future__ import annotations
@@ -98,6 +107,8 @@ from ports.config import ConfigSource
 from ports.database import Params, Row, Transaction
 from ports.logger import Logger
 
+from ._config_base import DAY, HOUR, MINUTE, NumberRule, check_number
+
 __all__ = ["PostgresSettings", "PostgresDatabase", "PoolCheck", "redact_url"]
 
 PoolCheck = Literal["fast", "query", "none"]
@@ -122,14 +133,36 @@ def redact_url(url: str) -> str:
     return _KV_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***\g<at>", url))
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ConfigurationError(f"{attribute.name} must be > 0")
+_TIMEOUT: Final = NumberRule(0, HOUR, low_open=True)
+_LIFETIME: Final = NumberRule(0, DAY, low_open=True)
+_STATEMENT_TIMEOUT: Final = NumberRule(
+    1, DAY * 1000, integer=True, special=(0,), note="0 (no limit)"
+)
+# The configuration key and the accepted values of each numeric field (ADR 0025).
+_RULES: Final = {
+    "pool_min_size": ("DB_POOL_MIN_SIZE", NumberRule(0, 1000, integer=True)),
+    "pool_max_size": ("DB_POOL_MAX_SIZE", NumberRule(1, 1000, integer=True)),
+    "max_lifetime": ("DB_POOL_MAX_LIFETIME_S", _LIFETIME),
+    "max_idle": ("DB_POOL_MAX_IDLE_S", _LIFETIME),
+    "pool_timeout": ("DB_POOL_TIMEOUT_S", _TIMEOUT),
+    "connect_retries": ("DB_CONNECT_RETRIES", NumberRule(1, 100, integer=True)),
+    "connect_backoff": ("DB_CONNECT_BACKOFF_S", NumberRule(0, MINUTE)),
+    "connect_timeout": ("DB_CONNECT_TIMEOUT_S", _TIMEOUT),
+    "slow_query_ms": ("DB_SLOW_QUERY_MS", NumberRule(0, HOUR * 1000, integer=True)),
+    "statement_timeout_ms": ("DB_STATEMENT_TIMEOUT_MS", _STATEMENT_TIMEOUT),
+    "health_timeout": ("DB_HEALTH_TIMEOUT_S", _TIMEOUT),
+    "prepare_threshold": (
+        "DB_PREPARE_THRESHOLD",
+        NumberRule(0, 1_000_000, integer=True, note="negative (never prepare)"),
+    ),
+}
 
 
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ConfigurationError(f"{attribute.name} must be >= 0")
+def _in_range(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None and attribute.name in ("statement_timeout_ms", "prepare_threshold"):
+        return  # no limit / never prepare
+    key, rule = _RULES[attribute.name]
+    check_number(key, cast(float, value), rule, field=attribute.name)
 
 
 def _check_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -152,33 +185,40 @@ class PostgresSettings:
     """
 
     url: str = attrs.field(repr=lambda url: repr(redact_url(url)), validator=_check_url)
-    pool_min_size: int = attrs.field(default=5, validator=_non_negative)
-    pool_max_size: int = attrs.field(default=25, validator=_positive)
-    max_lifetime: float = attrs.field(default=300.0, validator=_positive)
-    max_idle: float = attrs.field(default=60.0, validator=_positive)
-    pool_timeout: float = attrs.field(default=5.0, validator=_positive)
+    pool_min_size: int = attrs.field(default=5, validator=_in_range)
+    pool_max_size: int = attrs.field(default=25, validator=_in_range)
+    max_lifetime: float = attrs.field(default=300.0, validator=_in_range)
+    max_idle: float = attrs.field(default=60.0, validator=_in_range)
+    pool_timeout: float = attrs.field(default=5.0, validator=_in_range)
     pool_check: PoolCheck = attrs.field(default="fast", validator=_check_pool_check)
-    connect_retries: int = attrs.field(default=5, validator=_positive)
-    connect_backoff: float = attrs.field(default=0.5, validator=_non_negative)
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
-    slow_query_ms: int = attrs.field(default=500, validator=_non_negative)
-    statement_timeout_ms: int | None = None
-    health_timeout: float = attrs.field(default=2.0, validator=_positive)
-    prepare_threshold: int | None = 5
+    connect_retries: int = attrs.field(default=5, validator=_in_range)
+    connect_backoff: float = attrs.field(default=0.5, validator=_in_range)
+    connect_timeout: float = attrs.field(default=5.0, validator=_in_range)
+    slow_query_ms: int = attrs.field(default=500, validator=_in_range)
+    statement_timeout_ms: int | None = attrs.field(default=None, validator=_in_range)
+    health_timeout: float = attrs.field(default=2.0, validator=_in_range)
+    prepare_threshold: int | None = attrs.field(default=5, validator=_in_range)
     application_name: str = "hexinfra"
 
     def __attrs_post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
             raise ConfigurationError(
-                "pool_min_size (DB_POOL_MIN_SIZE) must not exceed pool_max_size (DB_POOL_MAX_SIZE)"
+                "setting DB_POOL_MIN_SIZE (pool_min_size) must not exceed DB_POOL_MAX_SIZE "
+                "(pool_max_size)",
+                details={"key": "DB_POOL_MIN_SIZE"},
             )
-        if self.statement_timeout_ms is not None and self.statement_timeout_ms <= 0:
-            raise ConfigurationError("statement_timeout_ms must be > 0, or None for no limit")
+        if self.statement_timeout_ms == 0:
+            raise ConfigurationError(
+                "statement_timeout_ms must be > 0, or None for no limit "
+                "(DB_STATEMENT_TIMEOUT_MS: 0 or unset)",
+                details={"key": "DB_STATEMENT_TIMEOUT_MS"},
+            )
 
     @classmethod
     def from_config(cls, config: ConfigSource) -> PostgresSettings:
         """Read the settings from ``config`` (keys in the module docstring)."""
         statement_timeout = config.get_int("DB_STATEMENT_TIMEOUT_MS", 0)
+        check_number("DB_STATEMENT_TIMEOUT_MS", statement_timeout, _STATEMENT_TIMEOUT)
         prepare_threshold = config.get_int("DB_PREPARE_THRESHOLD", 5)
         check = config.get_str("DB_POOL_CHECK", "fast").strip().lower()
         if check not in _POOL_CHECKS:
@@ -199,7 +239,7 @@ class PostgresSettings:
             connect_backoff=config.get_float("DB_CONNECT_BACKOFF_S", 0.5),
             connect_timeout=config.get_float("DB_CONNECT_TIMEOUT_S", 5.0),
             slow_query_ms=config.get_int("DB_SLOW_QUERY_MS", 500),
-            statement_timeout_ms=statement_timeout if statement_timeout > 0 else None,
+            statement_timeout_ms=statement_timeout or None,
             health_timeout=config.get_float("DB_HEALTH_TIMEOUT_S", 2.0),
             prepare_threshold=prepare_threshold if prepare_threshold >= 0 else None,
             application_name=app_name or "hexinfra",

@@ -15,6 +15,7 @@ import attrs
 import orjson
 
 from adapters import event_codec
+from adapters._config_base import DAY, NumberRule, check_number
 from adapters._delivery_policy import (
     after_run,
     before_run,
@@ -48,6 +49,9 @@ from ports.events import (
     PublishAck,
 )
 from ports.logger import Logger
+
+_WINDOW: Final = NumberRule(0, 7 * DAY)
+_MAX_PAYLOAD: Final = NumberRule(1, 64 * 1024 * 1024, integer=True)
 
 __all__ = ["InMemoryEventBus", "InMemorySubscription"]
 
@@ -564,14 +568,20 @@ class InMemoryEventBus:
     def from_config(
         cls, config: ConfigSource, *, logger: Logger | None = None, clock: Clock | None = None
     ) -> InMemoryEventBus:
-        """Build from ``EVENTS_STREAM`` (EVENTS), ``EVENTS_DUPLICATE_WINDOW_S`` (120)
-        and ``EVENTS_MAX_PAYLOAD_BYTES`` (1 MiB, NATS's default)."""
+        """Build from ``EVENTS_STREAM`` (EVENTS), ``EVENTS_DUPLICATE_WINDOW_S`` (120;
+        0, no dedupe, to 604800) and ``EVENTS_MAX_PAYLOAD_BYTES`` (1 MiB, NATS's default;
+        1 to 64 MiB, NATS's ceiling). A value out of range is a ``ConfigurationError``
+        naming the key (ADR 0025)."""
+        window = config.get_float("EVENTS_DUPLICATE_WINDOW_S", 120.0)
+        check_number("EVENTS_DUPLICATE_WINDOW_S", window, _WINDOW)
+        max_payload = config.get_int("EVENTS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD)
+        check_number("EVENTS_MAX_PAYLOAD_BYTES", max_payload, _MAX_PAYLOAD)
         return cls(
             clock=clock,
             logger=logger,
             stream=config.get_str("EVENTS_STREAM", "EVENTS"),
-            duplicate_window=config.get_float("EVENTS_DUPLICATE_WINDOW_S", 120.0),
-            max_payload=config.get_int("EVENTS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD),
+            duplicate_window=window,
+            max_payload=max_payload,
         )
 
     @property

@@ -64,6 +64,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from adapters._config_base import HOUR, NumberRule, check_number
 from domain_errors import (
     Conflict,
     DomainError,
@@ -75,6 +76,8 @@ from ports.clock import Clock
 from ports.config import ConfigSource
 from ports.database import Params, Row, Transaction
 from ports.logger import Logger
+
+_LOCK_TIMEOUT: Final = NumberRule(0, HOUR, low_open=True)
 
 __all__ = ["SqliteDatabase"]
 
@@ -334,8 +337,11 @@ class SqliteDatabase:
     def from_config(
         cls, config: ConfigSource, *, logger: Logger | None = None, clock: Clock | None = None
     ) -> SqliteDatabase:
-        """A fake database; ``DB_POOL_TIMEOUT_S`` (5) bounds the wait for the lock."""
-        return cls(lock_timeout=config.get_float("DB_POOL_TIMEOUT_S", 5.0), logger=logger)
+        """A fake database; ``DB_POOL_TIMEOUT_S`` (5; > 0 and <= 3600, as for PostgreSQL)
+        bounds the wait for the lock."""
+        lock_timeout = config.get_float("DB_POOL_TIMEOUT_S", 5.0)
+        check_number("DB_POOL_TIMEOUT_S", lock_timeout, _LOCK_TIMEOUT)
+        return cls(lock_timeout=lock_timeout, logger=logger)
 
     def __repr__(self) -> str:
         return f"SqliteDatabase(:memory:, {self._state})"

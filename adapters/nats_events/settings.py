@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from typing import Any, Final, Literal, cast
 
 import attrs
 
+from adapters._config_base import DAY, HOUR, MINUTE, NumberRule, check_number
 from domain_errors import ConfigurationError
 from ports.config import ConfigSource
 
@@ -23,26 +23,38 @@ _NOT_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_-]")
 # in a directory of that name: stay well under both.
 CONSUMER_NAME_MAX: Final = 200
 _MIN_MAX_AGE: Final = 0.1  # JetStream: "max age needs to be >= 100ms"
-# The configuration key behind each numeric field, for error messages.
-_KEYS: Final = {
-    "replicas": "EVENTS_REPLICAS",
-    "duplicate_window": "EVENTS_DUPLICATE_WINDOW_S",
-    "max_age": "EVENTS_MAX_AGE_S",
-    "max_bytes": "EVENTS_MAX_BYTES",
-    "dead_max_age": "EVENTS_DEAD_MAX_AGE_S",
-    "publish_retries": "EVENTS_PUBLISH_RETRIES",
-    "publish_timeout": "EVENTS_PUBLISH_TIMEOUT_S",
-    "publish_backoff": "EVENTS_PUBLISH_BACKOFF_S",
-    "publish_backoff_max": "EVENTS_PUBLISH_BACKOFF_MAX_S",
-    "publish_window": "EVENTS_PUBLISH_WINDOW",
-    "api_timeout": "EVENTS_API_TIMEOUT_S",
-    "pull_expires": "EVENTS_PULL_EXPIRES_S",
-    "max_ack_pending": "EVENTS_MAX_ACK_PENDING",
-    "connect_retries": "NATS_CONNECT_RETRIES",
-    "connect_timeout": "NATS_CONNECT_TIMEOUT_S",
-    "connect_backoff": "NATS_CONNECT_BACKOFF_S",
-    "reconnect_wait": "NATS_RECONNECT_WAIT_S",
+_RETENTION_MAX: Final = 100 * 365 * DAY  # JetStream stores ages as int64 nanoseconds
+_INT64_MAX: Final = 2**63 - 1
+_TIMEOUT: Final = NumberRule(0, HOUR, low_open=True)
+_BACKOFF: Final = NumberRule(0, MINUTE)
+_AGE: Final = NumberRule(_MIN_MAX_AGE, _RETENTION_MAX, special=(0,), note="0 (no limit)")
+# The configuration key and the accepted values of each numeric field (ADR 0025).
+_RULES: Final = {
+    "replicas": ("EVENTS_REPLICAS", NumberRule(1, 5, integer=True)),
+    "duplicate_window": ("EVENTS_DUPLICATE_WINDOW_S", NumberRule(0, 7 * DAY, low_open=True)),
+    "max_age": ("EVENTS_MAX_AGE_S", _AGE),
+    "max_bytes": (
+        "EVENTS_MAX_BYTES",
+        NumberRule(1, _INT64_MAX, integer=True, special=(-1,), note="-1 (no limit)"),
+    ),
+    "dead_max_age": ("EVENTS_DEAD_MAX_AGE_S", _AGE),
+    "publish_retries": ("EVENTS_PUBLISH_RETRIES", NumberRule(0, 100, integer=True)),
+    "publish_timeout": ("EVENTS_PUBLISH_TIMEOUT_S", _TIMEOUT),
+    "publish_backoff": ("EVENTS_PUBLISH_BACKOFF_S", _BACKOFF),
+    "publish_backoff_max": ("EVENTS_PUBLISH_BACKOFF_MAX_S", _BACKOFF),
+    "publish_window": ("EVENTS_PUBLISH_WINDOW", NumberRule(1, 1_000_000, integer=True)),
+    "api_timeout": ("EVENTS_API_TIMEOUT_S", _TIMEOUT),
+    # The idle heartbeat is a fifth of it; below half a second the pull and its
+    # heartbeats would be mostly overhead.
+    "pull_expires": ("EVENTS_PULL_EXPIRES_S", NumberRule(0.5, HOUR)),
+    "max_ack_pending": ("EVENTS_MAX_ACK_PENDING", NumberRule(1, 10_000_000, integer=True)),
+    "connect_retries": ("NATS_CONNECT_RETRIES", NumberRule(1, 100, integer=True)),
+    "connect_timeout": ("NATS_CONNECT_TIMEOUT_S", _TIMEOUT),
+    "connect_backoff": ("NATS_CONNECT_BACKOFF_S", _BACKOFF),
+    "reconnect_wait": ("NATS_RECONNECT_WAIT_S", NumberRule(0, MINUTE, low_open=True)),
 }
+#: The configuration key behind each numeric field, for error messages.
+_KEYS: Final = {field: key for field, (key, _) in _RULES.items()}
 
 
 def redact_url(url: str) -> str:
@@ -59,39 +71,9 @@ def _check_name(value: str, key: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-def _bad_number(attribute: attrs.Attribute[Any], rule: str) -> ConfigurationError:
-    key = _KEYS.get(attribute.name, attribute.name)
-    return ConfigurationError(
-        f"{key} ({attribute.name}) must be {rule}",
-        details={"key": key, "field": attribute.name},
-    )
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise _bad_number(attribute, "a finite number > 0")
-
-
-def _pull_life(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    # The idle heartbeat is a fifth of it; below half a second the pull and its
-    # heartbeats would be mostly overhead.
-    if not math.isfinite(value) or value < 0.5:
-        raise _bad_number(attribute, "a finite number >= 0.5")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise _bad_number(attribute, "a finite number >= 0")
-
-
-def _max_age(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or value < 0 or 0 < value < _MIN_MAX_AGE:
-        raise _bad_number(attribute, f"0 (no limit) or a finite number >= {_MIN_MAX_AGE}")
-
-
-def _max_bytes(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value != -1 and value <= 0:
-        raise _bad_number(attribute, "-1 (no limit) or > 0")
+def _in_range(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    key, rule = _RULES[attribute.name]
+    check_number(key, value, rule, field=attribute.name)
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -113,24 +95,24 @@ class NatsSettings:
     stream: str = "EVENTS"
     prefix: str = "events"
     dead_prefix: str = attrs.field(default=attrs.Factory(_default_dead_prefix, takes_self=True))
-    replicas: int = attrs.field(default=1, validator=_positive)
+    replicas: int = attrs.field(default=1, validator=_in_range)
     storage: Literal["file", "memory"] = "file"
-    duplicate_window: float = attrs.field(default=120.0, validator=_positive)
-    max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_max_age)
-    max_bytes: int = attrs.field(default=-1, validator=_max_bytes)
-    dead_max_age: float = attrs.field(default=0.0, validator=_max_age)
-    publish_retries: int = attrs.field(default=3, validator=_non_negative)
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive)
-    publish_backoff: float = attrs.field(default=0.1, validator=_non_negative)
-    publish_backoff_max: float = attrs.field(default=2.0, validator=_non_negative)
-    publish_window: int = attrs.field(default=2000, validator=_positive)
-    api_timeout: float = attrs.field(default=5.0, validator=_positive)
-    pull_expires: float = attrs.field(default=5.0, validator=_pull_life)
-    max_ack_pending: int = attrs.field(default=10_000, validator=_positive)
-    connect_retries: int = attrs.field(default=5, validator=_positive)
-    connect_timeout: float = attrs.field(default=2.0, validator=_positive)
-    connect_backoff: float = attrs.field(default=0.2, validator=_non_negative)
-    reconnect_wait: float = attrs.field(default=0.5, validator=_positive)
+    duplicate_window: float = attrs.field(default=120.0, validator=_in_range)
+    max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_in_range)
+    max_bytes: int = attrs.field(default=-1, validator=_in_range)
+    dead_max_age: float = attrs.field(default=0.0, validator=_in_range)
+    publish_retries: int = attrs.field(default=3, validator=_in_range)
+    publish_timeout: float = attrs.field(default=5.0, validator=_in_range)
+    publish_backoff: float = attrs.field(default=0.1, validator=_in_range)
+    publish_backoff_max: float = attrs.field(default=2.0, validator=_in_range)
+    publish_window: int = attrs.field(default=2000, validator=_in_range)
+    api_timeout: float = attrs.field(default=5.0, validator=_in_range)
+    pull_expires: float = attrs.field(default=5.0, validator=_in_range)
+    max_ack_pending: int = attrs.field(default=10_000, validator=_in_range)
+    connect_retries: int = attrs.field(default=5, validator=_in_range)
+    connect_timeout: float = attrs.field(default=2.0, validator=_in_range)
+    connect_backoff: float = attrs.field(default=0.2, validator=_in_range)
+    reconnect_wait: float = attrs.field(default=0.5, validator=_in_range)
     name: str = "hexinfra"
     service: str = "hexinfra"
 
@@ -157,8 +139,8 @@ class NatsSettings:
         ):
             if age and self.duplicate_window > age:
                 raise ConfigurationError(
-                    f"EVENTS_DUPLICATE_WINDOW_S ({self.duplicate_window:g}) must not exceed "
-                    f"{key} ({age:g})",
+                    f"setting EVENTS_DUPLICATE_WINDOW_S must not exceed {key} (JetStream "
+                    "refuses a duplicate window longer than the stream's max age)",
                     details={"key": key},
                 )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters._config_base import NumberRule, check_number
 from adapters.env_config import EnvConfig
 from domain_errors import ConfigurationError
 
@@ -247,3 +248,34 @@ class TestProcessEnvironment:
         assert "APP_" in repr(config)
         assert config.prefix == "APP_"
         assert config.env_name("db.url") == "APP_DB_URL"
+
+
+class TestNumbers:
+    """Typed reads never raise anything but ConfigurationError."""
+
+    def test_an_integer_longer_than_python_converts_is_malformed(self) -> None:
+        """5000 digits (over sys.get_int_max_str_digits) is a ConfigurationError naming the
+        key, not a raw ValueError."""
+        config = EnvConfig(env_file=None, environ={"DB_POOL_MAX_SIZE": "9" * 5000})
+        with pytest.raises(ConfigurationError, match="DB_POOL_MAX_SIZE") as info:
+            config.get_int("DB_POOL_MAX_SIZE")
+        assert "9999" not in str(info.value)
+
+    def test_number_rule_in_words(self) -> None:
+        """NumberRule admits finite values in range (and its special ones) and says so."""
+        rule = NumberRule(1, 2**63 - 1, integer=True, special=(-1,), note="-1 (no limit)")
+        assert rule.admits(-1)
+        assert rule.admits(10**18)
+        assert not rule.admits(10**400)
+        assert not rule.admits(1.5)
+        assert not rule.admits(True)
+        timeout = NumberRule(0, 3600, low_open=True)
+        assert not any(timeout.admits(v) for v in (0, -1, float("nan"), float("inf"), 1e308))
+        assert timeout.describe() == "a finite number > 0 and <= 3600"
+        with pytest.raises(ConfigurationError) as info:
+            check_number("X_TIMEOUT_S", float("nan"), timeout, field="timeout")
+        assert (
+            str(info.value)
+            == "setting X_TIMEOUT_S (timeout) must be a finite number > 0 and <= 3600"
+        )
+        assert info.value.details == {"key": "X_TIMEOUT_S", "expected": timeout.describe()}

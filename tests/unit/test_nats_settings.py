@@ -121,6 +121,42 @@ class TestRetention:
             _settings(**{key: value})
 
 
+class TestRanges:
+    """Every number is finite and in range (ADR 0025), named by key, never by value."""
+
+    @pytest.mark.parametrize(
+        ("key", "value", "expected"),
+        [
+            ("NATS_RECONNECT_WAIT_S", "inf", "a finite number > 0 and <= 60"),
+            ("NATS_CONNECT_TIMEOUT_S", "1e308", "a finite number > 0 and <= 3600"),
+            ("NATS_CONNECT_RETRIES", "0", "an integer from 1 to 100"),
+            ("EVENTS_REPLICAS", "6", "an integer from 1 to 5"),
+            ("EVENTS_PUBLISH_RETRIES", "-1", "an integer from 0 to 100"),
+            ("EVENTS_PUBLISH_WINDOW", str(10**30), "an integer from 1 to 1000000"),
+            ("EVENTS_MAX_ACK_PENDING", "0", "an integer from 1 to 10000000"),
+            ("EVENTS_PULL_EXPIRES_S", "7200", "a finite number from 0.5 to 3600"),
+            ("EVENTS_DUPLICATE_WINDOW_S", "1e9", "a finite number > 0 and <= 604800"),
+            ("EVENTS_MAX_AGE_S", "1e12", "0 (no limit) or a finite number from 0.1 to"),
+            ("EVENTS_MAX_BYTES", str(2**63), "-1 (no limit) or an integer from 1 to"),
+        ],
+    )
+    def test_out_of_range(self, key: str, value: str, expected: str) -> None:
+        """The key and the accepted range are named; the value is not."""
+        with pytest.raises(ConfigurationError) as caught:
+            _settings(**{key: value})
+        assert caught.value.details["key"] == key
+        assert expected in str(caught.value)
+        if len(value) >= 3:  # shorter ones may be part of the range
+            assert value not in str(caught.value)
+
+    def test_window_longer_than_the_age_names_no_values(self) -> None:
+        """The window-versus-age refusal names both keys and neither number."""
+        with pytest.raises(ConfigurationError) as caught:
+            _settings(EVENTS_MAX_AGE_S="61", EVENTS_DUPLICATE_WINDOW_S="123")
+        assert "61" not in str(caught.value)
+        assert "123" not in str(caught.value)
+
+
 class TestConsumerName:
     """NatsSettings.service and consumer_name(durable)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 from hypothesis import given, settings
@@ -145,6 +147,61 @@ class TestFromConfig:
         config = InMemoryConfig({"DATABASE_URL": URL, "DB_POOL_CHECK": "maybe"})
         with pytest.raises(ConfigurationError, match="DB_POOL_CHECK"):
             PostgresSettings.from_config(config)
+
+    @pytest.mark.parametrize(
+        ("key", "value", "expected"),
+        [
+            ("DB_CONNECT_TIMEOUT_S", "inf", "a finite number > 0 and <= 3600"),
+            ("DB_CONNECT_TIMEOUT_S", "nan", "a finite number > 0 and <= 3600"),
+            ("DB_CONNECT_TIMEOUT_S", "1e308", "a finite number > 0 and <= 3600"),
+            ("DB_POOL_TIMEOUT_S", "inf", "a finite number > 0 and <= 3600"),
+            ("DB_POOL_MAX_LIFETIME_S", "-300", "a finite number > 0 and <= 86400"),
+            ("DB_POOL_MAX_SIZE", "1001", "an integer from 1 to 1000"),
+            ("DB_CONNECT_RETRIES", "0", "an integer from 1 to 100"),
+            ("DB_CONNECT_BACKOFF_S", "600", "a finite number from 0 to 60"),
+            ("DB_SLOW_QUERY_MS", str(10**30), "an integer from 0 to 3600000"),
+            ("DB_STATEMENT_TIMEOUT_MS", "-250", "0 (no limit) or an integer from 1 to 86400000"),
+            ("DB_PREPARE_THRESHOLD", "9999999", "negative (never prepare) or an integer"),
+        ],
+    )
+    def test_numbers_out_of_range_name_the_key_and_the_range(
+        self, key: str, value: str, expected: str
+    ) -> None:
+        """nan, infinities, huge and out-of-range numbers: ConfigurationError naming the
+        key and the range, never the value (ADR 0025)."""
+        config = InMemoryConfig({"DATABASE_URL": URL, key: value})
+        with pytest.raises(ConfigurationError) as info:
+            PostgresSettings.from_config(config)
+        assert info.value.details["key"] == key
+        assert expected in info.value.details["expected"]
+        assert re.match(rf"setting {key}( \(\w+\))? must be {re.escape(expected)}", str(info.value))
+        if len(value) >= 3:  # shorter ones may be part of the range
+            assert value not in str(info.value)
+
+    def test_pool_min_above_max_names_both_keys(self) -> None:
+        """DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE is refused naming both keys."""
+        config = InMemoryConfig({"DATABASE_URL": URL, "DB_POOL_MIN_SIZE": 9, "DB_POOL_MAX_SIZE": 8})
+        with pytest.raises(ConfigurationError, match=r"DB_POOL_MIN_SIZE.*DB_POOL_MAX_SIZE"):
+            PostgresSettings.from_config(config)
+
+    def test_the_largest_values_in_range_are_accepted(self) -> None:
+        """The caps themselves are valid, and 0 statement timeout means no limit."""
+        s = PostgresSettings.from_config(
+            InMemoryConfig(
+                {
+                    "DATABASE_URL": URL,
+                    "DB_POOL_MIN_SIZE": 1000,
+                    "DB_POOL_MAX_SIZE": 1000,
+                    "DB_CONNECT_TIMEOUT_S": 3600,
+                    "DB_POOL_MAX_LIFETIME_S": 86400,
+                    "DB_CONNECT_RETRIES": 100,
+                    "DB_STATEMENT_TIMEOUT_MS": 0,
+                    "DB_PREPARE_THRESHOLD": -(10**30),
+                }
+            )
+        )
+        assert (s.pool_max_size, s.connect_timeout, s.statement_timeout_ms) == (1000, 3600.0, None)
+        assert s.prepare_threshold is None
 
     def test_database_from_config_does_no_io(self):
         """from_config builds an unconnected database that satisfies the port."""
