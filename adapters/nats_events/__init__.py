@@ -78,6 +78,14 @@ Settings keys (through :class:`ports.config.ConfigSource`; all optional but the 
 ``SERVICE_NAME``                  hexinfra  the client's connection name; consumers are
                                             ``<SERVICE_NAME>-<durable>`` on the server
 ================================  ========  ===============================================
+
+Every number is checked by :class:`NatsSettings` (ADR 0025): finite and in range
+(timeouts > 0 and <= 3600 s, backoffs 0 to 60 s, ``NATS_RECONNECT_WAIT_S`` > 0 and <= 60,
+``EVENTS_PULL_EXPIRES_S`` 0.5 to 3600, ``EVENTS_DUPLICATE_WINDOW_S`` > 0 and <= 604800,
+ages 0 or 0.1 s to 100 years, ``EVENTS_REPLICAS`` 1 to 5, ``NATS_CONNECT_RETRIES`` 1 to
+100, ``EVENTS_PUBLISH_RETRIES`` 0 to 100, ``EVENTS_PUBLISH_WINDOW`` 1 to 1000000,
+``EVENTS_MAX_ACK_PENDING`` 1 to 10000000, ``EVENTS_MAX_BYTES`` -1 or 1 to 2**63-1); a
+value outside is a ``ConfigurationError`` naming the key and the range, never the value.
 """
 
 from __future__ import annotations

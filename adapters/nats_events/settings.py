@@ -89,7 +89,8 @@ def _default_dead_prefix(settings: Any) -> str:
 
 @attrs.frozen(kw_only=True)
 class NatsSettings:
-    """Settings of a :class:`NatsConnection` (keys in the module docstring); seconds."""
+    """Settings of a :class:`NatsConnection` (keys and ranges in the package docstring of
+    :mod:`adapters.nats_events`); seconds."""
 
     url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
     stream: str = "EVENTS"
