@@ -90,6 +90,10 @@ value outside is a ``ConfigurationError`` naming the key and the range, never th
 
 from __future__ import annotations
 
+from adapters._extras import require_extra
+
+require_extra("nats", "adapters.nats_events (NatsConnection)")
+
 from adapters.nats_events.connection import NatsConnection
 from adapters.nats_events.dead_letters import (
     H_DEAD_ATTEMPTS,
