@@ -280,10 +280,11 @@ class _OwnedDir:
         parent_dir = Path(parent or tempfile.gettempdir())
         _sweep_stale(parent_dir)
         self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent_dir))
-        self._lock_fd: int | None = os.open(
-            self.path / _OWNER_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
-        )
+        # Locked before it gets the name a sweeper looks for: never seen unlocked.
+        locking = self.path / f"{_OWNER_FILE}.new"
+        self._lock_fd: int | None = os.open(locking, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locking.rename(self.path / _OWNER_FILE)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
