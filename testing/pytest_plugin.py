@@ -34,7 +34,6 @@ never skip: a test that asked for a real server gets one or an error.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import urllib.parse
@@ -43,6 +42,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+
+from adapters._event_rules import NullLogger
 
 from .servers import NatsServer, PostgresServer
 
@@ -91,18 +92,28 @@ def _quote_ident(name: str) -> str:
 
 
 def _admin(url: str, statement: str) -> None:
-    import psycopg  # the postgres extra; only tests that ask for a database need it
+    """Run one statement outside any transaction (CREATE/DROP DATABASE) through the
+    PostgreSQL adapter (the ``postgres`` extra; only tests that ask for a database
+    need it), on a loop of its own."""
+    from adapters.postgres import PostgresDatabase, PostgresSettings
 
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(statement.encode())
+    async def run() -> None:
+        settings = PostgresSettings(url=url, pool_min_size=0, pool_max_size=1)
+        database = PostgresDatabase(settings, NullLogger())
+        await database.connect()
+        try:
+            await database.execute(statement)
+        finally:
+            await database.close(timeout=5)
+
+    _in_own_loop(run)
 
 
 def _url_for_database(url: str, name: str) -> str:
     """``url`` (a ``postgresql://`` URL or a keyword DSN) naming database ``name``."""
     if "://" not in url:
-        from psycopg.conninfo import make_conninfo
-
-        return make_conninfo(url, dbname=name)
+        # In a keyword DSN the last value of a key wins.
+        return f"{url} dbname='{name}'"
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(name)))
 
@@ -150,33 +161,23 @@ def _in_own_loop(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise failure[0]
 
 
-def _delete_streams(url: str, containing: str) -> None:
-    """Delete every JetStream stream whose name contains ``containing``."""
-    import nats  # the nats extra; only tests that ask for events_config need it
+def _delete_streams(config: dict[str, str], containing: str) -> None:
+    """Delete every JetStream stream whose name contains ``containing``, through the
+    NATS adapter (the ``nats`` extra; only tests that ask for events_config need it)."""
+    from adapters.memory import InMemoryConfig
+    from adapters.nats_events import NatsConnection
 
     async def delete() -> None:
-        nc = await nats.connect(
-            servers=[part.strip() for part in url.split(",")],
-            connect_timeout=5,
-            allow_reconnect=False,
-        )
+        connection = NatsConnection.from_config(InMemoryConfig(config))
+        await connection.connect()
         try:
-            names: list[str] = []
-            while True:
-                reply = await nc.request(
-                    "$JS.API.STREAM.NAMES",
-                    json.dumps({"offset": len(names)}).encode(),
-                    timeout=5,
-                )
-                page = json.loads(reply.data)
-                names += page.get("streams") or []
-                if not page.get("streams") or len(names) >= int(page.get("total", 0)):
-                    break
-            for name in names:
+            js = connection.jetstream
+            for info in await js.streams_info():
+                name = info.config.name or ""
                 if containing in name:
-                    await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=5)
+                    await js.delete_stream(name)
         finally:
-            await nc.close()
+            await connection.close(timeout=5)
 
     _in_own_loop(delete)
 
@@ -187,13 +188,15 @@ def events_config(nats_url: str) -> Iterator[dict[str, str]]:
     deleted after the test."""
     token = uuid.uuid4().hex[:12]
     stream = f"T_{token}"
-    yield {
+    config = {
         "NATS_URL": nats_url,
+        "SERVICE_NAME": f"test-{token}",
         "EVENTS_STREAM": stream,
         "EVENTS_PREFIX": f"t{token}",
         "EVENTS_DEAD_PREFIX": f"dead.t{token}",
     }
-    _delete_streams(nats_url, stream)
+    yield dict(config)
+    _delete_streams(config, stream)
 
 
 def pytest_terminal_summary(
