@@ -21,7 +21,7 @@ from adapters._event_rules import (
     backoff_delay,
     describe,
 )
-from adapters._log_fields import redact_text
+from adapters.redaction import redact_error_text
 from ports.events import Reject
 
 __all__ = [
@@ -90,8 +90,9 @@ def undecodable(problem: str) -> Verdict:
 
 
 def describe_text(text: str) -> str:
-    """``text`` redacted like a log line (no secret leaves through a dead letter)."""
-    return redact_text(text)
+    """``text`` redacted like a log line's error text (no secret leaves through a dead
+    letter)."""
+    return redact_error_text(text)
 
 
 def _safe_reason(exc: Reject) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final, NoReturn
 
-from adapters._log_fields import redact_text
+from adapters.redaction import redact_error_text, safe_str
 from domain_errors import BadRequest
 
 __all__ = [
@@ -186,14 +186,11 @@ class NullLogger:
 
 def describe(exc: BaseException) -> str:
     """A short description of ``exc`` for dead letters and logs: its type and message,
-    redacted like a log line and capped. Never raises (an exception whose ``str()``
-    raises is described by its type alone)."""
+    redacted like a log line's error text (:mod:`adapters.redaction`) and capped.
+    Never raises (an exception whose ``str()`` raises is described by its type alone)."""
     name = type(exc).__name__
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() failed>"
-    text = redact_text(f"{name}: {message}" if message else name)
+    message = safe_str(exc)
+    text = redact_error_text(f"{name}: {message}" if message else name)
     return text if len(text) <= 500 else text[:497] + "..."
 
 

@@ -7,14 +7,23 @@ levels) holds the same way for the real adapter and the fake.
 
 from __future__ import annotations
 
-import re
 import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any, Final
 
 from domain_errors import ConfigurationError
-from ports.logger import LEVELS, REDACTED, RESERVED_FIELDS, SECRET_KEY_PARTS
+from ports.logger import LEVELS, REDACTED, RESERVED_FIELDS
+
+from .redaction import (
+    MAX_DEPTH,
+    TRUNCATED,
+    is_secret_name,
+    redact_error_text,
+    redact_text,
+    redact_value,
+    safe_str,
+)
 
 __all__ = [
     "LEVEL_NUMBERS",
@@ -24,6 +33,7 @@ __all__ = [
     "RESERVED",
     "SECRET",
     "redact_text",
+    "redact_error_text",
     "clean_value",
     "MAX_DEPTH",
     "TRUNCATED",
@@ -36,31 +46,9 @@ __all__ = [
 LEVEL_NUMBERS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "fatal": 50}
 _LEVEL_ALIASES: Final = {"warn": "warning", "critical": "fatal"}
 
-MAX_DEPTH: Final = 16
-TRUNCATED: Final = "[...]"
-
 PLAIN: Final = 0
 RESERVED: Final = 1
 SECRET: Final = 2
-
-# scheme://user:password@host -> scheme://user:[REDACTED]@host. The password runs to
-# the last "@" before whitespace, so a password holding "@" or "/" is still hidden.
-_URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s]*@")
-_URL_REPLACEMENT: Final = rf"\1:{REDACTED}@"
-# scheme://TOKEN@host (userinfo without a colon, as NATS token URLs are written).
-_URL_TOKEN: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)(?!\[REDACTED\])[^\s:/?#@]+@")
-_URL_TOKEN_REPLACEMENT: Final = rf"\1{REDACTED}@"
-_TEXT_SECRET_PARTS: Final = (*SECRET_KEY_PARTS, "api-key", "access_token", "pwd")
-# name=value, name: value, "name": "value" where the name looks secret; the value runs
-# to the next space, quote, '&', ';' or ','.
-_KEY_VALUE: Final = re.compile(
-    r"(?i)([\w.\-]*(?:"
-    + "|".join(re.escape(part) for part in _TEXT_SECRET_PARTS)
-    + r")[\w.\-]*[\"']?\s*[=:]\s*[\"']?)(?!\[REDACTED\]|(?:bearer|basic)\s)[^\s\"'&;,]+"
-)
-_KEY_VALUE_REPLACEMENT: Final = rf"\1{REDACTED}"
-_AUTH_SCHEME: Final = re.compile(r"(?i)\b(bearer|basic)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=\-]+")
-_AUTH_REPLACEMENT: Final = rf"\1 {REDACTED}"
 
 _kinds: dict[str, int] = {}
 _KINDS_MAX: Final = 4096
@@ -91,8 +79,7 @@ def key_kind(key: str) -> int:
     kind = _kinds.get(key)
     if kind is not None:
         return kind
-    lowered = key.lower()
-    if any(part in lowered for part in SECRET_KEY_PARTS):
+    if is_secret_name(key):
         kind = SECRET
     elif key in RESERVED_FIELDS:
         kind = RESERVED
@@ -103,43 +90,8 @@ def key_kind(key: str) -> int:
     return kind
 
 
-def redact_text(text: str) -> str:
-    """``text`` with secrets replaced by ``[REDACTED]``: the password or token of every
-    URL (``scheme://user:pw@``, ``nats://TOKEN@``), the value after a secret-looking
-    name (``password=...``, ``api_key: ...``, ``?access_token=...``) and the credential
-    after ``Bearer`` / ``Basic``."""
-    if "://" in text:
-        text = _URL_PASSWORD.sub(_URL_REPLACEMENT, text)
-        text = _URL_TOKEN.sub(_URL_TOKEN_REPLACEMENT, text)
-    if "earer" in text or "asic " in text:
-        text = _AUTH_SCHEME.sub(_AUTH_REPLACEMENT, text)
-    if "=" in text or ":" in text:
-        lowered = text.lower()
-        if any(part in lowered for part in _TEXT_SECRET_PARTS):
-            text = _KEY_VALUE.sub(_KEY_VALUE_REPLACEMENT, text)
-    return text
-
-
-def clean_value(value: Any, _depth: int = 0) -> Any:
-    """``value`` with URL passwords and secret-looking keys (at any depth) redacted.
-
-    Mappings become dicts with str keys, tuples and sets lists; nesting deeper than
-    :data:`MAX_DEPTH` (a cycle, say) is cut and written as ``"[...]"``.
-    """
-    cls = type(value)
-    if cls is str:
-        return redact_text(value) if "://" in value else value
-    container = cls is list or cls is tuple or cls is set or cls is frozenset
-    if _depth >= MAX_DEPTH and (container or isinstance(value, Mapping)):
-        return TRUNCATED
-    if cls is dict or isinstance(value, Mapping):
-        return {
-            str(k): (REDACTED if key_kind(str(k)) == SECRET else clean_value(v, _depth + 1))
-            for k, v in value.items()
-        }
-    if container:
-        return [clean_value(v, _depth + 1) for v in value]
-    return value
+clean_value = redact_value
+"""A tag value with secrets hidden at any depth (see :func:`adapters.redaction.redact_value`)."""
 
 
 def merge_fields(target: dict[str, Any], fields: Mapping[str, Any]) -> None:
@@ -152,7 +104,21 @@ def merge_fields(target: dict[str, Any], fields: Mapping[str, Any]) -> None:
         if kind == PLAIN:
             cls = type(value)
             if cls is str:
-                target[key] = redact_text(value) if "://" in value else value
+                target[key] = (
+                    redact_text(value)
+                    if ":" in value
+                    or "=" in value
+                    or (
+                        " " in value
+                        and (
+                            "earer" in value
+                            or "asic" in value
+                            or "EARER" in value
+                            or "ASIC" in value
+                        )
+                    )
+                    else value
+                )
             elif cls is int or cls is float or cls is bool or value is None:
                 target[key] = value
             else:
@@ -175,15 +141,23 @@ def current_exception() -> BaseException | None:
     return sys.exc_info()[1]
 
 
+_STACK_FAILED: Final = "<the stack could not be rendered>"
+
+
 def error_fields(exc: BaseException) -> dict[str, str]:
-    """``{type, message, stack}`` for ``exc``, URL passwords redacted."""
-    stack = "".join(traceback.format_exception(exc))
+    """``{type, message, stack}`` for ``exc``, secrets and quoted row values redacted
+    (:func:`adapters.redaction.redact_error_text`). Never raises, whatever the
+    exception's ``str()`` or ``repr()`` (or those of its causes) do."""
     try:
-        message = str(exc)
-    except Exception:  # an exception whose __str__ raises is still logged
-        message = "<str() failed>"
+        name = type(exc).__qualname__
+    except Exception:  # pragma: no cover - a type without a readable name
+        name = "BaseException"
+    try:
+        stack = "".join(traceback.format_exception(exc))
+    except Exception:
+        stack = f"{name}: {_STACK_FAILED}"
     return {
-        "type": type(exc).__qualname__,
-        "message": redact_text(message),
-        "stack": redact_text(stack),
+        "type": name,
+        "message": redact_error_text(safe_str(exc)),
+        "stack": redact_error_text(stack),
     }

@@ -53,24 +53,32 @@ from ._log_fields import (
     error_fields,
     level_number,
     merge_fields,
-    redact_text,
 )
+from .redaction import redact_error_text, redact_text, safe_str
 
 __all__ = ["StructlogLogger", "configure_logging", "LOG_FORMATS"]
 
 LOG_FORMATS: Final = ("json", "console")
 
+# Messages found to hold nothing to redact (mostly literals: few, and repeated on every
+# line); only those are kept, so no secret is ever held here.
+_PLAIN_MESSAGES: dict[str, str] = {}
+_PLAIN_MESSAGES_MAX: Final = 4096
 _OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40
 
 
 def _json_default(value: Any) -> Any:
-    """orjson fallback: a value is written as its ``str``, URL passwords redacted.
+    """orjson fallback: a value is written as its ``str``, secrets redacted.
 
-    A Secret writes ``***``; a URL object (yarl, pydantic...) shows no password.
-    (Tags were cleaned before: sets and tuples are lists by then.)
+    A Secret writes ``***``; a URL object (yarl, pydantic...) shows no password; an
+    exception (a tag ``err=exc``) is redacted as error text is; a ``str()`` that
+    raises gives ``<Type: str() failed>``. (Tags were cleaned before: sets and
+    tuples are lists by then.)
     """
-    return redact_text(str(value))
+    if isinstance(value, BaseException):
+        return redact_error_text(safe_str(value))
+    return redact_text(safe_str(value))
 
 
 def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:
@@ -93,6 +101,19 @@ def _render_json_slow(event: MutableMapping[str, Any]) -> bytes:
         safe["log_error"] = "fields could not be serialised"
         text = json.dumps(safe, default=str, separators=(",", ":"))
     return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
+def _fallback_line(level: str, service: str, failure: Exception) -> bytes:
+    """The line written when building the real one failed (a processor that raised,
+    say): level, service and the failure's type, nothing of the call's values."""
+    line = {
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "level": level,
+        "message": "log call failed",
+        "service": service,
+        "log_error": safe_str(type(failure).__name__),
+    }
+    return json.dumps(line, default=str, separators=(",", ":")).encode("utf-8", "replace") + b"\n"
 
 
 class _ConsoleRenderer:
@@ -143,7 +164,7 @@ class _Output:
             with self.lock:
                 self.write(data)
                 self.flush()
-        except (OSError, ValueError):
+        except Exception:
             self.dropped += 1  # a closed or broken stdout must not take the service down
 
 
@@ -245,24 +266,35 @@ class StructlogLogger:
         return self._out.dropped
 
     def _emit(self, level: str, msg: str, tags: dict[str, Any], exc: BaseException | None) -> None:
-        event: dict[str, Any] = {
-            "timestamp": datetime.now(UTC),
-            "level": level,
-            "message": redact_text(msg) if "://" in msg else msg,
-            "service": self._service,
-        }
-        context = current_context()
-        if context:
-            merge_fields(event, context)
-        if self._bound:
-            event.update(self._bound)
-        if tags:
-            merge_fields(event, tags)
-        if exc is not None:
-            event["error"] = error_fields(exc)
-        for processor in self._chain:
-            event = processor(self, level, event)  # type: ignore[assignment]
-        self._out.emit(self._render(self, level, event))
+        try:
+            if type(msg) is not str:
+                msg = safe_str(msg)
+            message = _PLAIN_MESSAGES.get(msg)
+            if message is None:
+                message = redact_text(msg)
+                if message == msg and len(_PLAIN_MESSAGES) < _PLAIN_MESSAGES_MAX:
+                    _PLAIN_MESSAGES[msg] = msg
+            event: dict[str, Any] = {
+                "timestamp": datetime.now(UTC),
+                "level": level,
+                "message": message,
+                "service": self._service,
+            }
+            context = current_context()
+            if context:
+                merge_fields(event, context)
+            if self._bound:
+                event.update(self._bound)
+            if tags:
+                merge_fields(event, tags)
+            if exc is not None:
+                event["error"] = error_fields(exc)
+            for processor in self._chain:
+                event = processor(self, level, event)  # type: ignore[assignment]
+            line = self._render(self, level, event)
+        except Exception as failure:  # a log call never raises (ADR 0026)
+            line = _fallback_line(level, self._service, failure)
+        self._out.emit(line)
 
     def __repr__(self) -> str:
         return f"StructlogLogger(service={self._service!r}, level={self._min})"

@@ -17,8 +17,8 @@ from adapters._log_fields import (
     error_fields,
     level_number,
     merge_fields,
-    redact_text,
 )
+from adapters.redaction import redact_text, safe_str
 from ports.context import current_context
 
 if TYPE_CHECKING:
@@ -146,18 +146,29 @@ class RecordingLogger:
     ) -> None:
         if LEVEL_NUMBERS[level] < self._min:
             return
-        merged = clean_fields(self._bound)
-        merge_fields(merged, tags)
-        record = LogRecord(
-            level=level,
-            message=redact_text(msg),
-            tags=merged,
-            context=clean_fields(current_context()),
-            service=self._service,
-            timestamp=datetime.now(UTC),
-            error=error_fields(exc) if exc is not None else None,
-            exception=exc,
-        )
+        try:
+            merged = clean_fields(self._bound)
+            merge_fields(merged, tags)
+            record = LogRecord(
+                level=level,
+                message=redact_text(msg if type(msg) is str else safe_str(msg)),
+                tags=merged,
+                context=clean_fields(current_context()),
+                service=self._service,
+                timestamp=datetime.now(UTC),
+                error=error_fields(exc) if exc is not None else None,
+                exception=exc,
+            )
+        except Exception as failure:  # a log call never raises, as StructlogLogger's
+            record = LogRecord(
+                level=level,
+                message="log call failed",
+                tags={"log_error": safe_str(type(failure).__name__)},
+                context={},
+                service=self._service,
+                timestamp=datetime.now(UTC),
+                exception=exc,
+            )
         with self._sink.lock:
             self._sink.records.append(record)
 

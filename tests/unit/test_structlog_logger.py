@@ -346,17 +346,17 @@ class TestValues:
         assert (node, depth) == ("[...]", 15)
 
     def test_a_value_that_cannot_be_written_still_writes_the_standard_fields(self) -> None:
-        """A tag whose str() raises: the line keeps level/message and says why."""
+        """A tag whose str() raises: the line keeps every field and says which failed."""
 
         class Unprintable:
             def __str__(self) -> str:
                 raise RuntimeError("no")
 
         log, stream = logger()
-        log.info("odd", value=Unprintable())
+        log.info("odd", value=Unprintable(), other=1)
         (line,) = lines_of(stream)
-        assert (line["level"], line["message"]) == ("info", "odd")
-        assert line["log_error"] == "fields could not be serialised"
+        assert (line["level"], line["message"], line["other"]) == ("info", "odd", 1)
+        assert line["value"] == "<Unprintable: str() failed>"
 
     def test_a_broken_stream_never_raises(self) -> None:
         """A stream whose write and flush fail drops the lines (counted) instead of raising."""
