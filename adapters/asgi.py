@@ -12,6 +12,7 @@ then ``app.add_middleware(RequestContextMiddleware)`` (the last added is outermo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -19,15 +20,25 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from domain_errors import PROBLEM_JSON, DomainError, to_http_response, to_problem_details
+from domain_errors import (
+    GENERIC_MESSAGE,
+    PROBLEM_JSON,
+    DomainError,
+    ErrorCode,
+    to_http_response,
+    to_problem_details,
+)
 from ports.context import bind_context
 from ports.logger import Logger
+
+from .redaction import redact_headers, redact_value
 
 __all__ = [
     "RequestContextMiddleware",
     "DomainErrorMiddleware",
     "REQUEST_ID_HEADER",
     "ASGIApp",
+    "redact_headers",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -103,18 +114,45 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, send_with_id)
             finally:
                 if self._logger is not None and scope["type"] == "http":
-                    self._logger.info(
-                        "request completed",
-                        method=scope.get("method", ""),
-                        path=scope.get("path", ""),
-                        status=status or 500,
-                        duration_ms=round((time.perf_counter() - began) * 1000, 3),
-                    )
+                    with contextlib.suppress(Exception):  # a logger must not mask the outcome
+                        self._logger.info(
+                            "request completed",
+                            method=scope.get("method", ""),
+                            path=scope.get("path", ""),
+                            status=status or 500,
+                            duration_ms=round((time.perf_counter() - began) * 1000, 3),
+                        )
 
 
 def _wants_problem_json(scope: Scope) -> bool:
     accept = _header(scope, b"accept") or ""
     return PROBLEM_JSON in accept.lower()
+
+
+_GENERIC_BODY: Final = json.dumps(
+    {
+        "status_code": 500,
+        "error_code": ErrorCode.INTERNAL_SERVER_ERROR,
+        "message": GENERIC_MESSAGE,
+    },
+    separators=(",", ":"),
+).encode()
+
+
+def _error_body(scope: Scope, exc: Exception) -> tuple[int, str, bytes]:
+    """Status, content type and JSON body for ``exc``, redacted (adapters.redaction)."""
+    body: dict[str, Any]
+    if _wants_problem_json(scope):
+        body = to_problem_details(exc, instance=scope.get("path") or None)
+        status = int(body["status"])
+        content_type = PROBLEM_JSON
+    else:
+        response = to_http_response(exc)
+        body = response.to_dict()
+        status = response.status_code
+        content_type = "application/json"
+    payload = json.dumps(redact_value(body), separators=(",", ":"), default=str)
+    return status, content_type, payload.encode("utf-8", "backslashreplace")
 
 
 class DomainErrorMiddleware:
@@ -127,9 +165,15 @@ class DomainErrorMiddleware:
       content type instead.
     - Any other exception -> 500 with the generic body; it is logged at ``error``
       with its stack (when a logger is given) and its message never reaches the body.
-    - 4xx errors are logged at ``info``; 5xx at ``error`` with the stack.
+    - 4xx errors are logged at ``info``; 5xx at ``error`` with the stack and the
+      request headers (``authorization``, ``cookie``, ``x-api-key``... redacted).
     - If the response has already started, nothing can be sent: the error is logged
       and re-raised for the server to close the connection.
+    - A response is always sent: a logger that raises, or an exception whose ``str()``
+      or details cannot be rendered, still gives the generic 500 body.
+    - Bodies go through :mod:`adapters.redaction` (a 4xx message a handler wrote with
+      a URL or token in it is redacted); database details (SQLSTATE, constraint,
+      table) are logged for operators, never sent (``DomainError.public_details``).
     """
 
     def __init__(self, app: ASGIApp, *, logger: Logger | None = None) -> None:
@@ -151,7 +195,8 @@ class DomainErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            self._log(scope, exc)
+            with contextlib.suppress(Exception):  # a logger must not cost the response
+                self._log(scope, exc)
             if started:
                 raise
             await self._respond(scope, send, exc)
@@ -159,25 +204,26 @@ class DomainErrorMiddleware:
     def _log(self, scope: Scope, exc: Exception) -> None:
         if self.logger is None:
             return
-        where = {"method": scope.get("method", ""), "path": scope.get("path", "")}
+        where: dict[str, Any] = {"method": scope.get("method", ""), "path": scope.get("path", "")}
+        if isinstance(exc, DomainError) and exc.details:
+            where["details"] = dict(exc.details)  # SQLSTATE, constraint...: for operators
         if isinstance(exc, DomainError) and exc.status < 500:
             self.logger.info("request failed", status=exc.status, error_code=exc.code, **where)
             return
         status = exc.status if isinstance(exc, DomainError) else 500
+        headers = [
+            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+            for k, v in scope.get("headers", ())
+        ]
+        where["headers"] = redact_headers(headers)  # secret-looking values hidden
         self.logger.error("request failed", exc=exc, status=status, **where)
 
     async def _respond(self, scope: Scope, send: Send, exc: Exception) -> None:
-        if _wants_problem_json(scope):
-            body = to_problem_details(exc, instance=scope.get("path") or None)
-            status = int(body["status"])
-            content_type = PROBLEM_JSON
-        else:
-            response = to_http_response(exc)
-            body = response.to_dict()
-            status = response.status_code
-            content_type = "application/json"
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = [
+        try:
+            status, content_type, payload = _error_body(scope, exc)
+        except Exception:  # an error that cannot be rendered still gets an answer
+            status, content_type, payload = 500, "application/json", _GENERIC_BODY
+        headers: list[tuple[bytes, bytes]] = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(payload)).encode()),
         ]

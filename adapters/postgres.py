@@ -105,9 +105,10 @@ from domain_errors import (
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
 from ports.database import Params, Row, Transaction
-from ports.logger import Logger
+from ports.logger import REDACTED, Logger
 
 from ._config_base import DAY, HOUR, MINUTE, NumberRule, check_number
+from .redaction import redact_error_text, safe_str
 
 __all__ = ["PostgresSettings", "PostgresDatabase", "PoolCheck", "redact_url"]
 
@@ -257,8 +258,58 @@ _UNAVAILABLE_CLASSES: Final = ("08", "53", "57", "58")
 _TIMEOUT_STATES: Final = {"57014": "statement_timeout", "55P03": "lock_timeout"}
 
 
+_CONFLICT_MESSAGES: Final = {
+    "unique": "the record conflicts with an existing one (a duplicate value)",
+    "foreign_key": "the change breaks a reference between records",
+    "exclusion": "the record conflicts with an existing one",
+}
+# From the first quote to the last: PostgreSQL does not escape quotes inside a value.
+_QUOTED: Final = re.compile(r'"[^\n]*"')
+
+
+def _operator_details(diag: Any, sqlstate: str) -> dict[str, str]:
+    """SQLSTATE and the names (constraint, table, column, type) the server reported:
+    for operators' logs, never a client body (``public_details=False``)."""
+    details = {"sqlstate": sqlstate}
+    for key, field in (
+        ("constraint", "constraint_name"),
+        ("table", "table_name"),
+        ("column", "column_name"),
+        ("datatype", "datatype_name"),
+    ):
+        value = getattr(diag, field, None)
+        if value:
+            details[key] = str(value)
+    return details
+
+
+def _withhold_row_values(exc: Exception, sqlstate: str) -> None:
+    """Rewrite ``exc``'s message (what ``str()`` and every rendered stack show) without
+    the row and parameter values PostgreSQL quotes: the ``DETAIL`` (``Failing row
+    contains (...)``, ``Key (email)=(...)``) and ``CONTEXT`` (``unnamed portal
+    parameter $1 = '...'``) lines are dropped, and in a data exception (class 22:
+    ``invalid input syntax for type bigint: "..."``) every quoted text of the primary
+    message is replaced. The SQLSTATE is added; ``exc.diag`` keeps the server's full
+    report for a debugger. ADR 0026."""
+    diag = getattr(exc, "diag", None)
+    primary = str(getattr(diag, "message_primary", None) or "")
+    if not primary:
+        primary = safe_str(exc).split("\n", 1)[0]
+    if sqlstate.startswith("22"):
+        primary = _QUOTED.sub(f'"{REDACTED}"', primary)
+    text = f"{redact_error_text(primary)} (SQLSTATE {sqlstate}; row values withheld)"
+    with contextlib.suppress(Exception):
+        exc.args = (text,)
+
+
 def _map_error(exc: Exception, where: str) -> DomainError:
-    """The domain error for a driver error (the caller chains ``exc`` as cause)."""
+    """The domain error for a driver error (the caller chains ``exc`` as cause).
+
+    Row values never leave: the domain error's message names no value, table or
+    constraint; its details (SQLSTATE, constraint, table, column) are for operators
+    (``public_details=False``); and the driver error's own message is rewritten
+    without the values PostgreSQL quotes (:func:`_withhold_row_values`).
+    """
     if isinstance(exc, PoolTimeout):
         return ServiceUnavailable(
             f"no database connection to {where} became free in time",
@@ -274,20 +325,19 @@ def _map_error(exc: Exception, where: str) -> DomainError:
     sqlstate: str | None = getattr(exc, "sqlstate", None)
     name = type(exc).__name__
     if sqlstate is not None:
+        diag = getattr(exc, "diag", None)
+        _withhold_row_values(exc, sqlstate)
         if sqlstate in _CONFLICT_STATES:
             kind, code = _CONFLICT_STATES[sqlstate]
-            diag = cast(psycopg.Error, exc).diag
-            constraint = diag.constraint_name or "?"
-            table = diag.table_name or "?"
+            details = {"constraint": "?", "table": "?", **_operator_details(diag, sqlstate)}
             return Conflict(
-                f"{kind.replace('_', ' ')} constraint {constraint} on table {table} violated",
-                code=code,
-                details={"constraint": constraint, "table": table, "sqlstate": sqlstate},
+                _CONFLICT_MESSAGES[kind], code=code, details=details, public_details=False
             )
         if sqlstate.startswith("40"):
             return Conflict(
                 f"transaction conflicted with a concurrent one ({name}); retry it",
                 details={"sqlstate": sqlstate, "reason": "transaction_conflict"},
+                public_details=False,
             )
         if sqlstate in _TIMEOUT_STATES:
             reason = _TIMEOUT_STATES[sqlstate]
@@ -306,7 +356,9 @@ def _map_error(exc: Exception, where: str) -> DomainError:
                 details={"reason": "server", "sqlstate": sqlstate},
             )
         return InternalServerError(
-            f"database error {name} (SQLSTATE {sqlstate})", details={"sqlstate": sqlstate}
+            f"database error {name} (SQLSTATE {sqlstate})",
+            details=_operator_details(diag, sqlstate),
+            public_details=False,
         )
     if isinstance(exc, psycopg.OperationalError):
         # Client-side: connection refused, lost, closed, or a failed connection check.

@@ -16,6 +16,11 @@ class DomainError(Exception):
     them, and it carries an HTTP ``status`` and a stable ``code``. Subclasses set
     both at class level; an instance may override ``code`` and attach
     JSON-compatible ``details`` (field names, limits), never secrets.
+
+    ``public_details`` (default true) says whether ``details`` may reach a client
+    (RFC 9457 ``errors`` of a 4xx). Errors built by adapters from driver errors set it
+    false: their details (SQLSTATE, constraint, table, column) are for operators'
+    logs only, never a client body.
     """
 
     status: ClassVar[int] = 500
@@ -24,6 +29,7 @@ class DomainError(Exception):
     message: str
     code: str
     details: Mapping[str, Any]
+    public_details: bool
 
     def __init__(
         self,
@@ -31,23 +37,32 @@ class DomainError(Exception):
         *,
         code: str | None = None,
         details: Mapping[str, Any] | None = None,
+        public_details: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code if code is not None else self.default_code
         self.details = MappingProxyType(dict(details)) if details else _EMPTY
+        self.public_details = public_details
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.code, dict(self.details)))
+        return (
+            _rebuild,
+            (type(self), self.message, self.code, dict(self.details), self.public_details),
+        )
 
 
 def _rebuild(
-    cls: type[DomainError], message: str, code: str, details: dict[str, Any]
+    cls: type[DomainError],
+    message: str,
+    code: str,
+    details: dict[str, Any],
+    public_details: bool = True,
 ) -> DomainError:
-    return cls(message, code=code, details=details)
+    return cls(message, code=code, details=details, public_details=public_details)
 
 
 class BadRequest(DomainError):
@@ -182,7 +197,9 @@ def wrap(
     """
     result: DomainError
     if isinstance(exc, DomainError):
-        result = type(exc)(message, code=exc.code, details=exc.details)
+        result = type(exc)(
+            message, code=exc.code, details=exc.details, public_details=exc.public_details
+        )
     else:
         result = error(message)
     result.__cause__ = exc

@@ -68,7 +68,9 @@ def to_problem_details(exc: BaseException, *, instance: str | None = None) -> di
     Members: ``type`` (``about:blank``), ``title`` (the status phrase), ``status``,
     ``detail`` (the safe message), ``code`` (extension: the stable error code),
     ``instance`` when given, and ``errors`` (extension) carrying the error's
-    ``details`` for 4xx errors. Serve it as ``application/problem+json``.
+    ``details`` for 4xx errors whose details are public (``public_details``: an
+    adapter's database details, such as a constraint or table name, never are).
+    Serve it as ``application/problem+json``.
     """
     err = _public(exc)
     body: dict[str, Any] = {
@@ -80,6 +82,6 @@ def to_problem_details(exc: BaseException, *, instance: str | None = None) -> di
     }
     if instance is not None:
         body["instance"] = instance
-    if err.details and err.status < 500:
+    if err.details and err.status < 500 and err.public_details:
         body["errors"] = dict(err.details)
     return body

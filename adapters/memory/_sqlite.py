@@ -65,6 +65,7 @@ from decimal import Decimal
 from typing import Any, Final, Literal
 
 from adapters._config_base import HOUR, NumberRule, check_number
+from adapters.redaction import redact_error_text, safe_str
 from domain_errors import (
     Conflict,
     DomainError,
@@ -198,26 +199,36 @@ _INTEGRITY_STATES: Final = {
 }
 
 
+_CONFLICT_MESSAGES: Final = {  # as PostgresDatabase words them: no table, no constraint
+    "unique": "the record conflicts with an existing one (a duplicate value)",
+    "foreign key": "the change breaks a reference between records",
+}
+
+
 def _map_error(exc: Exception) -> DomainError:
     """The domain error for a sqlite3 error (the caller chains ``exc`` as cause)."""
     name = str(getattr(exc, "sqlite_errorname", ""))
-    message = str(exc)
+    message = redact_error_text(safe_str(exc))
     if name in _CONFLICTS:
         kind, sqlstate, code = _CONFLICTS[name]
         constraint = message.partition("failed: ")[2] or "?"
         table = constraint.partition(".")[0] if "." in constraint else "?"
         return Conflict(
-            f"{kind} constraint {constraint} on table {table} violated",
+            _CONFLICT_MESSAGES[kind],
             code=code,
             details={"constraint": constraint, "table": table, "sqlstate": sqlstate},
+            public_details=False,
         )
     if isinstance(exc, OverflowError):
         return InternalServerError(
             "database error NumericValueOutOfRange (SQLSTATE 22003): integer out of range",
             details={"sqlstate": "22003"},
+            public_details=False,
         )
     details = {"sqlstate": _INTEGRITY_STATES[name]} if name in _INTEGRITY_STATES else {}
-    return InternalServerError(f"database error {type(exc).__name__}: {message}", details=details)
+    return InternalServerError(
+        f"database error {type(exc).__name__}: {message}", details=details, public_details=False
+    )
 
 
 class _TxState:
