@@ -70,6 +70,10 @@ never the value.
 
 from __future__ import annotations
 
+from adapters._extras import require_extra
+
+require_extra("postgres", "adapters.postgres (PostgresDatabase)")
+
 import asyncio
 import contextlib
 import re
