@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import importlib.util
 import os
 import time
@@ -27,12 +28,27 @@ import httpx
 
 from adapters.bootstrap import Infrastructure, build_infrastructure
 from adapters.env_config import EnvConfig
+from adapters.migrations import migrate
 from ports.config import ConfigSource
+from ports.database import Database
+from ports.logger import Logger
 
-from .domain import OrderService, TotalsProjection, migrate
+from .domain import OrderService, TotalsProjection
 from .http import create_app
 
-__all__ = ["build_app", "run_demo", "main"]
+__all__ = ["MIGRATIONS", "migrate_schema", "build_app", "run_demo", "main"]
+
+MIGRATIONS = importlib.resources.files(__package__) / "migrations"
+"""The service's versioned SQL files (``0001_create_orders.sql``, ...), as package data."""
+
+
+async def migrate_schema(database: Database, logger: Logger) -> list[str]:
+    """Apply the service's pending migrations (namespace ``app``); return their versions.
+
+    Replicas starting together on PostgreSQL wait for each other's advisory lock and
+    apply each file once; on the SQLite fake the same files run.
+    """
+    return await migrate(database, MIGRATIONS, logger=logger)
 
 
 def _wheels_installed() -> bool:
@@ -65,7 +81,7 @@ def _servers_for(environ: Mapping[str, str]) -> Iterator[tuple[dict[str, str], s
 
 async def build_app(infra: Infrastructure) -> tuple[Any, OrderService]:
     """Migrate, subscribe the projection, and return the ASGI app and the service."""
-    await migrate(infra.database)
+    await migrate_schema(infra.database, infra.logger)
     service = OrderService(infra.database, infra.publisher, infra.logger, infra.clock)
     await infra.subscriber.subscribe(
         "order.placed",

@@ -4,6 +4,8 @@ Placing an order writes it in a transaction and publishes ``order.placed`` befor
 commit: if the broker does not ack, the order is rolled back and the caller gets a 503
 to retry. The event id is derived from the order id, so a retried publish dedupes.
 A projection handler keeps per-organization totals, idempotently by event id.
+The tables are created by the versioned SQL files in ``migrations/`` (applied by the
+composition root, ``app.py``, with ``adapters.migrations.migrate``).
 """
 
 from __future__ import annotations
@@ -17,34 +19,10 @@ from ports.database import Database, Row
 from ports.events import Event, Publisher, Reject
 from ports.logger import Logger
 
-__all__ = ["SCHEMA", "Order", "OrderService", "OrderTotals", "TotalsProjection", "migrate"]
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS orders (
-        id TEXT PRIMARY KEY,
-        organization_id TEXT NOT NULL,
-        customer TEXT NOT NULL,
-        amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
-        created_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS order_totals (
-        organization_id TEXT PRIMARY KEY,
-        orders INTEGER NOT NULL,
-        amount_cents INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS processed_events (
-        event_id TEXT PRIMARY KEY
-    )""",
-)
+__all__ = ["Order", "OrderService", "OrderTotals", "TotalsProjection"]
 
 ORDER_PLACED = "order.placed"
 SOURCE = "orders-service"
-
-
-async def migrate(db: Database) -> None:
-    """Create the tables if they do not exist (same SQL on PostgreSQL and SQLite)."""
-    for statement in SCHEMA:
-        await db.execute(statement)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from adapters.memory import InMemoryEventBus, SqliteDatabase
 from domain_errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from examples.orders.domain import OrderService, TotalsProjection, migrate
+from examples.orders.app import migrate_schema
+from examples.orders.domain import OrderService, TotalsProjection
 from examples.orders.http import create_app
 from ports.context import bind_context
 from ports.events import Event
@@ -30,7 +31,7 @@ class World:
 
     async def start(self) -> None:
         await self.db.connect()
-        await migrate(self.db)
+        await migrate_schema(self.db, self.log)
         await self.bus.subscribe(
             "order.placed", TotalsProjection(self.db, self.log), durable="order-totals"
         )
@@ -226,7 +227,7 @@ class TestFaults:
         """A projection that fails twice is redelivered after its backoff and counts once."""
         w = World()
         await w.db.connect()
-        await migrate(w.db)
+        await migrate_schema(w.db, w.log)
         flaky = FlakySubscriber(w.bus)
         flaky.fail_next(2)
         await flaky.subscribe(
