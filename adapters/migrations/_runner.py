@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from adapters.redaction import redact_error_text, safe_str
 from domain_errors import ConfigurationError, DomainError, InternalServerError, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.database import Database, Queryable, Transaction
@@ -148,8 +149,11 @@ async def _apply(tx: Transaction, migration: Migration, namespace: str, clock: C
         raise
     except DomainError as exc:
         assert statement is not None
-        cause = exc.__cause__
-        reason = f"{exc}" if cause is None or str(cause) in str(exc) else f"{exc}: {cause}"
+        reason = safe_str(exc)
+        if exc.__cause__ is not None:
+            # The driver's own text (already without row values, ADR 0026) says where.
+            cause = redact_error_text(safe_str(exc.__cause__))
+            reason = reason if cause in reason else f"{reason}: {cause}"
         details: dict[str, Any] = {
             "namespace": namespace,
             "version": migration.version,
