@@ -92,5 +92,5 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return 1
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover - python -m (tested in a subprocess)
     sys.exit(main())

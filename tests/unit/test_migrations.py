@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
 import io
 import re
+import zipfile
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -22,8 +24,9 @@ from adapters.migrations import (
     split_statements,
     status,
 )
+from adapters.migrations import __main__ as shell
 from adapters.migrations.__main__ import main as cli
-from domain_errors import ConfigurationError
+from domain_errors import ConfigurationError, InternalServerError, ServiceUnavailable
 from ports.database import Params, Row, Transaction
 from testing.fakes import FakeClock, RecordingLogger
 
@@ -190,6 +193,16 @@ class TestFiles:
         assert [m.file for m in files] == ["0001_create_orders.sql"]
         assert len(files[0].statements) == 3
 
+    def test_traversable_that_is_not_a_path_is_accepted(self, tmp_path: Path) -> None:
+        """Migrations inside a zip (a Traversable with no file-system path) load too."""
+        archive = tmp_path / "service.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("pkg/migrations/0001_a.sql", "SELECT 1;")
+            z.writestr("pkg/migrations/README.md", "notes")
+        with zipfile.ZipFile(archive) as z:
+            files = load_migrations(zipfile.Path(z, "pkg/migrations/"))
+            assert [(m.file, len(m.statements)) for m in files] == [("0001_a.sql", 1)]
+
 
 class TestMigrate:
     """migrate() applies pending files in order, one transaction each, and records them."""
@@ -302,6 +315,28 @@ class TestRefusals:
         assert "c" not in await tables(db)
         assert await recorded(db) == ["0001", "0002"]
 
+    async def test_failure_carries_the_sqlstate(self, db: SqliteDatabase, mdir: Path) -> None:
+        """The database's SQLSTATE (here NOT NULL, 23502) is in the error's details."""
+        write(
+            mdir,
+            "0003_null.sql",
+            "CREATE TABLE n (id INTEGER NOT NULL);\nINSERT INTO n VALUES (NULL);",
+        )
+        with pytest.raises(MigrationError) as caught:
+            await migrate(db, mdir, logger=RecordingLogger())
+        assert caught.value.details["sqlstate"] == "23502"
+
+    async def test_unavailable_database_propagates_unchanged(self, mdir: Path) -> None:
+        """ServiceUnavailable in a migration is not wrapped: the caller retries its start."""
+        database = _LockRecording(SqliteDatabase())
+        database.transactions_run_concurrently = False
+        database.unavailable_on = "CREATE TABLE b"
+        await database.connect()
+        with pytest.raises(ServiceUnavailable, match="injected"):
+            await migrate(database, mdir, logger=RecordingLogger())
+        assert await database.inner.fetch_value("SELECT count(*) FROM hexinfra_migrations") == 1
+        await database.close()
+
     async def test_fixed_migration_applies_after_a_failure(
         self, db: SqliteDatabase, mdir: Path
     ) -> None:
@@ -354,6 +389,7 @@ class _LockRecording:
         self.inner = inner
         self.statements: list[str] = []
         self.lock_keys: list[int] = []
+        self.unavailable_on: str | None = None
 
     async def connect(self) -> None:
         await self.inner.connect()
@@ -396,6 +432,8 @@ class _RecordingTx:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         self._db.statements.append(sql)
+        if self._db.unavailable_on is not None and self._db.unavailable_on in sql:
+            raise ServiceUnavailable("injected: database went away")
         if sql.startswith("SELECT pg_advisory_xact_lock"):
             self._db.lock_keys.append(params[0])  # type: ignore[index]
             return 1
@@ -486,6 +524,14 @@ class TestStatus:
         assert isinstance(states[1].applied_at, datetime)
         assert states[2].file is None
 
+    async def test_other_read_errors_are_not_taken_for_a_missing_table(
+        self, db: SqliteDatabase, mdir: Path
+    ) -> None:
+        """A hexinfra_migrations table of another shape is an error, not 'all pending'."""
+        await db.execute("CREATE TABLE hexinfra_migrations (something TEXT)")
+        with pytest.raises(InternalServerError, match="no such column"):
+            await status(db, mdir)
+
 
 @pytest.fixture
 def shell_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -520,6 +566,54 @@ class TestShell:
         assert err == [
             "error: migration file name '1-bad.sql' is not <version>_<name>.sql (digits, an "
             "underscore, then letters, digits, '_' or '-'), e.g. 0001_create_orders.sql"
+        ]
+
+    @pytest.mark.usefixtures("shell_env")
+    def test_up_and_status_print_one_line_each(
+        self, mdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """up prints the versions (then 'up to date'); status a line per file; exit 0;
+        status exits 1 naming a changed file."""
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.invalid/x")
+        fake = SqliteDatabase()
+        closed = fake.close
+
+        async def keep_open(timeout: float = 5.0) -> None:  # one fake for several runs
+            pass
+
+        monkeypatch.setattr(fake, "close", keep_open)
+        monkeypatch.setattr(shell, "_database", lambda config, logger: fake)
+        out = io.StringIO()
+        assert cli(["up", "--dir", str(mdir)], out=out) == 0
+        assert cli(["up", "--dir", str(mdir)], out=out) == 0
+        assert cli(["status", "--dir", str(mdir)], out=out) == 0
+        lines = out.getvalue().splitlines()
+        assert lines[:2] == ["applied 0001, 0002", "up to date"]
+        assert [line.split("\t")[:3] for line in lines[2:]] == [
+            ["0001", "applied", "create_a"],
+            ["0002", "applied", "create_b"],
+        ]
+        write(mdir, "0002_create_b.sql", CREATE_B + "-- edited\n")
+        assert cli(["status", "--dir", str(mdir)], out=io.StringIO()) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == "error: applied migrations changed since they were applied: " + (
+            "0002_create_b.sql"
+        )
+        asyncio.run(closed())
+
+    @pytest.mark.usefixtures("shell_env")
+    def test_unexpected_error_is_one_line_with_its_type(
+        self, mdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Any other failure is still one line, naming the exception type."""
+
+        def broken(config: object, logger: object) -> SqliteDatabase:
+            raise RuntimeError("no driver\nsecond line")
+
+        monkeypatch.setattr(shell, "_database", broken)
+        assert cli(["up", "--dir", str(mdir)], out=io.StringIO()) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "error: RuntimeError: no driver second line"
         ]
 
     def test_usage_error_is_exit_2(self, capsys: pytest.CaptureFixture[str]) -> None:
