@@ -60,13 +60,14 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
 from adapters._config_base import HOUR, NumberRule, check_number
 from adapters.redaction import redact_error_text, safe_str
 from domain_errors import (
+    BadRequest,
     Conflict,
     DomainError,
     ErrorCode,
@@ -77,6 +78,9 @@ from ports.clock import Clock
 from ports.config import ConfigSource
 from ports.database import Params, Row, Transaction
 from ports.logger import Logger
+
+from ._sqlite_sql import Prepared, Schema, prepare
+from ._sqlite_types import HINTS, SqlDataError, adapt_datetime, install, take_fault
 
 _LOCK_TIMEOUT: Final = NumberRule(0, HOUR, low_open=True)
 
@@ -122,7 +126,9 @@ def _translate(sql: str) -> tuple[str, int, tuple[str, ...]]:
 def _adapt(value: Any) -> Any:
     if type(value) in _NATIVE:
         return value
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return adapt_datetime(value)
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal | uuid.UUID):
         return str(value)
@@ -158,34 +164,27 @@ def _bind(sql: str, params: Params) -> tuple[str, tuple[Any, ...]]:
                 f"the query has {positional} placeholders but {len(params)} parameters were passed"
             )
         values = params
+    for position, value in enumerate(values, 1):
+        if isinstance(value, str):
+            _check_text(value, names[position - 1] if names else position)
     return text, tuple(_adapt(v) for v in values)
 
 
-def _to_bool(raw: bytes) -> bool:
-    return raw.strip().lower() not in (b"0", b"0.0", b"false", b"f", b"")
-
-
-def _to_timestamptz(raw: bytes) -> datetime:
-    value = datetime.fromisoformat(raw.decode())
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-_CONVERTERS: Final = {
-    "BOOLEAN": _to_bool,
-    "BOOL": _to_bool,
-    "TIMESTAMPTZ": _to_timestamptz,
-    "TIMESTAMP": lambda raw: datetime.fromisoformat(raw.decode()),
-    "DATE": lambda raw: date.fromisoformat(raw.decode()),
-    "NUMERIC": lambda raw: Decimal(raw.decode()),
-    "DECIMAL": lambda raw: Decimal(raw.decode()),
-    "UUID": lambda raw: uuid.UUID(raw.decode()),
-}
-
-
-@functools.cache
-def _register_converters() -> None:
-    for name, converter in _CONVERTERS.items():
-        sqlite3.register_converter(name, converter)
+def _check_text(value: str, where: int | str) -> None:
+    """PostgreSQL's rule for text parameters: UTF-8 encodable, no NUL character."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        reason = "it is not valid Unicode text (a lone surrogate)"
+    else:
+        if "\x00" not in value:
+            return
+        reason = "PostgreSQL text cannot contain NUL (0x00) characters"
+    label = f"%({where})s" if isinstance(where, str) else f"${where}"
+    raise BadRequest(
+        f"query parameter {label} is not valid text: {reason}",
+        details={"parameter": where},
+    )
 
 
 _CONFLICTS: Final = {
@@ -205,14 +204,34 @@ _CONFLICT_MESSAGES: Final = {  # as PostgresDatabase words them: no table, no co
 }
 
 
-def _map_error(exc: Exception) -> DomainError:
-    """The domain error for a sqlite3 error (the caller chains ``exc`` as cause)."""
+_CONSTRAINT_CLASSES: Final = {"23502": "NotNullViolation", "23514": "CheckViolation"}
+
+
+def _map_error(
+    exc: Exception, schema: Schema | None = None, foreign_key: tuple[str, str] | None = None
+) -> DomainError:
+    """The domain error for a sqlite3 error (the caller chains ``exc`` as cause).
+
+    Constraints are named as PostgreSQL names them (``details``, for operators only):
+    ``schema`` maps SQLite's ``table.column`` report to the constraint's name, and
+    ``foreign_key`` is the (table, constraint) a failed reference was traced to.
+    """
+    fault = take_fault()
+    if fault is not None:
+        return fault
     name = str(getattr(exc, "sqlite_errorname", ""))
     message = redact_error_text(safe_str(exc))
+    reported = message.partition("failed: ")[2]
+    table = reported.partition(".")[0] if "." in reported else "?"
+    known = schema.tables.get(table) if schema is not None else None
     if name in _CONFLICTS:
         kind, sqlstate, code = _CONFLICTS[name]
-        constraint = message.partition("failed: ")[2] or "?"
-        table = constraint.partition(".")[0] if "." in constraint else "?"
+        constraint = reported or "?"
+        if kind == "foreign key":
+            table, constraint = foreign_key or ("?", "?")
+        elif known is not None:
+            columns = frozenset(c.partition(".")[2] for c in reported.split(", "))
+            constraint = known.uniques.get(columns, constraint)
         return Conflict(
             _CONFLICT_MESSAGES[kind],
             code=code,
@@ -225,10 +244,47 @@ def _map_error(exc: Exception) -> DomainError:
             details={"sqlstate": "22003"},
             public_details=False,
         )
-    details = {"sqlstate": _INTEGRITY_STATES[name]} if name in _INTEGRITY_STATES else {}
+    if name in _INTEGRITY_STATES:
+        sqlstate = _INTEGRITY_STATES[name]
+        details = {"sqlstate": sqlstate}
+        if sqlstate == "23502" and "." in reported:
+            details |= {"table": table, "column": reported.partition(".")[2]}
+        elif sqlstate == "23514" and reported:
+            owner = schema.table_of_check(reported) if schema is not None else None
+            details |= {"constraint": reported, "table": owner or "?"}
+        return InternalServerError(
+            f"database error {_CONSTRAINT_CLASSES[sqlstate]} (SQLSTATE {sqlstate})",
+            details=details,
+            public_details=False,
+        )
     return InternalServerError(
-        f"database error {type(exc).__name__}: {message}", details=details, public_details=False
+        f"database error {type(exc).__name__}: {message}", public_details=False
     )
+
+
+def _trace_foreign_key(conn: _Connection, text: str, values: tuple[Any, ...]) -> tuple[str, str]:
+    """(table, constraint) of the reference ``text`` breaks: the statement is run again
+    in a savepoint with foreign keys deferred, and SQLite's check names the row."""
+    found: list[Any] = []
+    try:
+        conn.execute("SAVEPOINT hx_fk_trace")
+        try:
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            if text:
+                conn.execute(text, values)
+            found = conn.execute("PRAGMA foreign_key_check").fetchall()
+        finally:
+            conn.execute("ROLLBACK TO hx_fk_trace")
+            conn.execute("RELEASE hx_fk_trace")
+            conn.execute("PRAGMA defer_foreign_keys = OFF")
+    except (sqlite3.Error, SqlDataError):
+        take_fault()
+    for child, _rowid, _parent, fkid in found:
+        table = conn.schema.tables.get(child)
+        listed = conn.execute(f'PRAGMA foreign_key_list("{child}")').fetchall()
+        columns = tuple(row[3] for row in listed if row[0] == fkid)
+        return child, table.foreign_keys.get(columns, "?") if table is not None else "?"
+    return "?", "?"
 
 
 class _TxState:
@@ -251,7 +307,7 @@ class _SqliteTransaction:
         self._state = state
         self._active = True
 
-    def _check(self) -> sqlite3.Connection:
+    def _check(self) -> _Connection:
         if not self._active:
             raise InternalServerError("transaction used after its block ended")
         conn = self._db._open_connection()
@@ -265,6 +321,7 @@ class _SqliteTransaction:
 
     def _run(self, sql: str, params: Params) -> _Result:
         conn = self._check()
+        _bind(sql, params)  # a parameter psycopg refuses to send aborts nothing
         try:
             return _run(conn, sql, params)
         except DomainError:
@@ -297,15 +354,56 @@ class _SqliteTransaction:
 _Result = tuple[sqlite3.Cursor, list[Any] | None]
 
 
-def _run(conn: sqlite3.Connection, sql: str, params: Params) -> _Result:
+class _Connection(sqlite3.Connection):
+    """The fake's connection: sqlite3's, plus what it knows of the tables it made."""
+
+    schema: Schema
+
+    def table_exists(self, name: str) -> bool:
+        found = self.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
+
+
+def _run(conn: _Connection, sql: str, params: Params) -> _Result:
     """Run one statement; return the cursor and, if it produced rows, the rows."""
     text, values = _bind(sql, params)
+    schema = conn.schema
+    prepared = prepare(text, schema, conn.table_exists)
+    take_fault()
     try:
-        cur = conn.execute(text, values)
+        cur = conn.execute(prepared.text, values)
         rows = cur.fetchall() if cur.description is not None else None
+        for statement in prepared.after:
+            conn.execute(statement)
     except (sqlite3.Error, OverflowError) as exc:
-        raise _map_error(exc) from exc
+        foreign_key = None
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY":
+            foreign_key = _trace_foreign_key(conn, prepared.text, values)
+        raise _map_error(exc, schema, foreign_key) from exc
+    _learn(schema, prepared)
+    if rows and prepared.hints:
+        rows = [_typed(row, prepared) for row in rows]
     return cur, rows
+
+
+def _learn(schema: Schema, prepared: Prepared) -> None:
+    if prepared.table is not None:
+        schema.tables[prepared.table.name] = prepared.table
+        schema.changed()
+    if prepared.dropped:
+        for name in prepared.dropped:
+            schema.tables.pop(name, None)
+        schema.changed()
+
+
+def _typed(row: tuple[Any, ...], prepared: Prepared) -> tuple[Any, ...]:
+    values = list(row)
+    for position, hint in prepared.hints:
+        if values[position] is not None:
+            values[position] = HINTS[hint](values[position])
+    return tuple(values)
 
 
 def _rowcount(cur: sqlite3.Cursor, rows: list[Any] | None) -> int:
@@ -339,7 +437,7 @@ class SqliteDatabase:
     def __init__(self, *, lock_timeout: float = 10.0, logger: Logger | None = None) -> None:
         self.lock_timeout = lock_timeout
         self._logger = logger
-        self._conn: sqlite3.Connection | None = None
+        self._conn: _Connection | None = None
         self._state: Literal["new", "open", "closing", "closed"] = "new"
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
@@ -365,14 +463,17 @@ class SqliteDatabase:
             return
         if self._state != "new":
             raise self._unavailable()
-        _register_converters()
         conn = sqlite3.connect(
             ":memory:",
             isolation_level=None,
             check_same_thread=False,
             detect_types=sqlite3.PARSE_DECLTYPES,
+            factory=_Connection,
         )
+        conn.schema = Schema()
+        install(conn)
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA case_sensitive_like = ON")  # LIKE is case-sensitive in PG
         self._conn = conn
         self._state = "open"
 
@@ -416,13 +517,13 @@ class SqliteDatabase:
             details={"reason": "closed" if self._state != "new" else "not_connected"},
         )
 
-    def _open_connection(self) -> sqlite3.Connection:
+    def _open_connection(self) -> _Connection:
         if self._conn is None:
             raise self._unavailable()
         return self._conn
 
     @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[sqlite3.Connection]:
+    async def _locked(self) -> AsyncIterator[_Connection]:
         if self._state != "open":
             raise self._unavailable()
         task = asyncio.current_task()
@@ -515,11 +616,15 @@ class SqliteDatabase:
                 "exited normally (catch errors outside a savepoint block)",
                 details={"reason": "aborted_transaction"},
             )
+        conn = self._open_connection()
         try:
-            self._open_connection().execute(commit)
+            conn.execute(commit)
         except sqlite3.Error as exc:
+            foreign_key = None
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY":
+                foreign_key = _trace_foreign_key(conn, "", ())
             self._finish(rollback)
-            raise _map_error(exc) from exc
+            raise _map_error(exc, conn.schema, foreign_key) from exc
 
     def _finish(self, statements: str) -> None:
         """Run rollback statements; a closed database has nothing left to roll back."""

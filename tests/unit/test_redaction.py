@@ -395,7 +395,7 @@ class TestSqliteErrors:
             await db.close()
         error = caught.value
         assert error.details["sqlstate"] == "23505"
-        assert error.details["constraint"] == "users.email"  # for operators
+        assert error.details["constraint"] == "users_email_key"  # as PostgreSQL names it
         for body in (
             to_problem_details(error),
             {"message": error.message},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -64,22 +64,13 @@ class TestTypes:
     """Python values PostgreSQL returns typed come back typed from the fake too."""
 
     async def test_typed_columns_round_trip(self, db: SqliteDatabase):
-        """BOOLEAN, TIMESTAMPTZ, TIMESTAMP, DATE, NUMERIC and UUID columns round-trip."""
+        """BOOLEAN, TIMESTAMPTZ, NUMERIC(p,s), NUMERIC and UUID columns round-trip."""
         await db.execute(
-            "CREATE TABLE typed (b BOOLEAN, ts TIMESTAMPTZ, naive TIMESTAMP, d DATE, "
-            "n NUMERIC(10, 2), dec DECIMAL, u UUID)"
+            "CREATE TABLE typed (b BOOLEAN, ts TIMESTAMPTZ, n NUMERIC(10, 2), dec DECIMAL, u UUID)"
         )
         ts = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-        values = (
-            True,
-            ts,
-            datetime(2030, 1, 2, 3, 4),
-            date(2030, 1, 2),
-            Decimal("1.25"),
-            Decimal("-3"),
-            uuid.UUID(int=7),
-        )
-        await db.execute("INSERT INTO typed VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
+        values = (True, ts, Decimal("1.25"), Decimal("-3"), uuid.UUID(int=7))
+        await db.execute("INSERT INTO typed VALUES (%s, %s, %s, %s, %s)", values)
         row = await db.fetch_one("SELECT * FROM typed")
         assert row is not None
         assert tuple(row.values()) == values
@@ -87,8 +78,8 @@ class TestTypes:
         assert await db.fetch_value("SELECT b FROM typed") is False
 
     async def test_bytes_like_values_pass_through(self, db: SqliteDatabase):
-        """bytes and bytearray parameters are stored as BLOBs and read back as bytes."""
-        await db.execute("CREATE TABLE blobs (b BLOB)")
+        """bytes and bytearray parameters in a BYTEA column read back as bytes."""
+        await db.execute("CREATE TABLE blobs (b BYTEA)")
         await db.execute("INSERT INTO blobs VALUES (%s), (%s)", (b"\x00\x01", bytearray(b"ab")))
         assert [r["b"] for r in await db.fetch_all("SELECT b FROM blobs")] == [b"\x00\x01", b"ab"]
 
@@ -126,7 +117,7 @@ class TestErrorMapping:
             await db.execute("INSERT INTO t VALUES (2, 'a')")
         assert caught.value.code == "DUPLICATE"
         assert dict(caught.value.details) == {
-            "constraint": "t.name",
+            "constraint": "t_name_key",
             "table": "t",
             "sqlstate": "23505",
         }
@@ -276,3 +267,114 @@ class TestLifecycle:
         release.set()
         with pytest.raises(ServiceUnavailable):
             await task  # its COMMIT cannot run on a closed database
+
+
+class TestSubset:
+    """The documented SQL subset: PostgreSQL's types, names and NULL order; what is
+    outside it fails with an error naming the construct (ADR 0011)."""
+
+    async def test_result_columns_are_named_as_postgresql_names_them(self, db: SqliteDatabase):
+        """count(*) is "count", an expression "?column?", EXISTS "exists"; unquoted
+        aliases fold to lower case."""
+        row = await db.fetch_one(
+            "SELECT count(*), 1 + 1, EXISTS(SELECT 1 FROM t), coalesce(NULL, 2), "
+            "CASE WHEN TRUE THEN 1 END, 3 AS Total, now() FROM t"
+        )
+        assert row is not None
+        assert list(row) == ["count", "?column?", "exists", "coalesce", "case", "total", "now"]
+        assert row["exists"] is False
+        assert row["now"].tzinfo is UTC
+
+    async def test_casts_to_subset_types_convert_as_postgresql(self, db: SqliteDatabase):
+        """``::type`` and CAST(... AS type) give the type's value (or its data error)."""
+        row = await db.fetch_one(
+            "SELECT %s::uuid AS u, CAST(%s AS NUMERIC(5,2)) AS n, '1e2'::jsonb AS j, "
+            "'yes'::boolean AS b, '2024-01-01 12:00+02'::timestamptz AS ts",
+            ("{00000000-0000-0000-0000-000000000007}", "1.005"),
+        )
+        assert row == {
+            "u": uuid.UUID(int=7),
+            "n": Decimal("1.01"),
+            "j": 100,
+            "b": True,
+            "ts": datetime(2024, 1, 1, 10, tzinfo=UTC),
+        }
+        with pytest.raises(InternalServerError) as caught:
+            await db.fetch_value("SELECT %s::int", ("x",))
+        assert caught.value.details["sqlstate"] == "22P02"
+
+    async def test_nulls_sort_as_in_postgresql(self, db: SqliteDatabase):
+        """NULLs come last ascending and first descending (SQLite does the reverse)."""
+        await db.execute("INSERT INTO t VALUES (1, NULL), (2, 'b'), (3, 'a')")
+        asc = await db.fetch_all("SELECT id FROM t ORDER BY name")
+        desc = await db.fetch_all("SELECT id FROM t ORDER BY name DESC")
+        assert [r["id"] for r in asc] == [3, 2, 1]
+        assert [r["id"] for r in desc] == [1, 2, 3]
+
+    async def test_numeric_values_compare_by_value(self, db: SqliteDatabase):
+        """NUMERIC keys compare as numbers: 0.1 and 0.10 collide, 9 < 10."""
+        await db.execute("CREATE TABLE n (v NUMERIC(6,2) UNIQUE)")
+        await db.execute("INSERT INTO n VALUES (%s), (9), (10)", (Decimal("0.10"),))
+        with pytest.raises(Conflict) as caught:
+            await db.execute("INSERT INTO n VALUES ('0.1')")
+        assert caught.value.details["constraint"] == "n_v_key"
+        assert await db.fetch_value("SELECT max(v) FROM n") == Decimal("10.00")
+        assert await db.fetch_value("SELECT count(*) FROM n WHERE v > %s", (Decimal("9.5"),)) == 1
+
+    async def test_row_locks_are_accepted(self, db: SqliteDatabase):
+        """FOR UPDATE / SKIP LOCKED run (the fake serializes transactions anyway)."""
+        await db.execute("INSERT INTO t VALUES (1, 'a')")
+        async with db.transaction() as tx:
+            rows = await tx.fetch_all("SELECT id FROM t ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
+        assert rows == [{"id": 1}]
+
+    async def test_add_column_and_unique_index(self, db: SqliteDatabase):
+        """ALTER TABLE ... ADD COLUMN gets the type's rules; a unique index's name is
+        the constraint a duplicate reports."""
+        await db.execute("ALTER TABLE t ADD COLUMN amount NUMERIC(8,2) NOT NULL DEFAULT 0")
+        await db.execute("ALTER TABLE t ADD COLUMN IF NOT EXISTS amount NUMERIC(8,2)")
+        await db.execute("CREATE UNIQUE INDEX t_lower_name ON t (name)")
+        await db.execute("INSERT INTO t (id, name) VALUES (1, 'a')")
+        assert await db.fetch_value("SELECT amount FROM t") == Decimal("0.00")
+        with pytest.raises(Conflict):
+            await db.execute("INSERT INTO t (id, name) VALUES (2, 'a')")
+        with pytest.raises(InternalServerError) as caught:
+            await db.execute("UPDATE t SET amount = %s", (Decimal("1e7"),))
+        assert caught.value.details["sqlstate"] == "22003"
+
+    async def test_like_is_case_sensitive(self, db: SqliteDatabase):
+        """LIKE matches case as PostgreSQL does."""
+        await db.execute("INSERT INTO t VALUES (1, 'Abc')")
+        assert await db.fetch_value("SELECT count(*) FROM t WHERE name LIKE 'a%%'") == 0
+
+    @pytest.mark.parametrize(
+        ("sql", "construct"),
+        [
+            ("CREATE TABLE x (id SERIAL)", "SERIAL"),
+            ("CREATE TABLE x (d DATE)", "DATE"),
+            ("CREATE TABLE x (v VARCHAR(3))", "VARCHAR"),
+            ("SELECT name FROM t WHERE name ILIKE 'a'", "ILIKE"),
+            ("SELECT 1::float8", "FLOAT8"),
+            ("SELECT avg(id) FROM t", "avg()"),
+            ("SELECT ifnull(name, 'x') FROM t", "ifnull()"),
+            ("SELECT '{}'::jsonb ->> 'a'", "->>"),
+            ("SELECT CURRENT_DATE", "CURRENT_DATE"),
+            ("LISTEN channel", "LISTEN"),
+            ("CREATE TABLE n2 (v NUMERIC(5,2)); SELECT 1", "CREATE TABLE options"),
+        ],
+    )
+    async def test_outside_the_subset_names_the_construct(
+        self, db: SqliteDatabase, sql: str, construct: str
+    ):
+        """SQL the fake would answer differently fails, naming the construct."""
+        with pytest.raises(InternalServerError) as caught:
+            await db.execute(sql)
+        assert "outside the documented subset" in caught.value.message
+        assert construct.lower() in caught.value.message.lower()
+
+    async def test_arithmetic_on_numeric_and_wrapped_aggregates_fail(self, db: SqliteDatabase):
+        """SQLite would compute NUMERIC arithmetic in floating point: refused."""
+        await db.execute("CREATE TABLE m (v NUMERIC(6,2))")
+        for sql in ("SELECT v * 2 FROM m", "SELECT sum(v) + 1 FROM m"):
+            with pytest.raises(InternalServerError, match="outside the documented subset"):
+                await db.fetch_all(sql)
