@@ -79,9 +79,9 @@ import contextlib
 import re
 import select
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, NoReturn, cast
 
 import attrs
 import psycopg
@@ -99,6 +99,7 @@ from tenacity import (
 )
 
 from domain_errors import (
+    BadRequest,
     ConfigurationError,
     Conflict,
     DomainError,
@@ -375,6 +376,44 @@ def _map_error(exc: Exception, where: str) -> DomainError:
         # psycopg's parameter-shape errors name types and placeholder styles, no values.
         return InternalServerError(f"invalid query parameters: {exc}")
     return InternalServerError(f"database error {name}")
+
+
+def _invalid_text(params: Params) -> BadRequest | None:
+    """``BadRequest`` naming the first text parameter PostgreSQL cannot take (a lone
+    surrogate is not UTF-8; text cannot hold NUL), never its value; else ``None``."""
+    if isinstance(params, Mapping):
+        items: Any = params.items()
+    elif isinstance(params, Sequence) and not isinstance(params, str | bytes):
+        items = enumerate(params, 1)
+    else:
+        return None
+    for where, value in items:
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            reason = "it is not valid Unicode text (a lone surrogate)"
+        else:
+            if "\x00" not in value:
+                continue
+            reason = "PostgreSQL text cannot contain NUL (0x00) characters"
+        label = f"%({where})s" if isinstance(where, str) else f"${where}"
+        return BadRequest(
+            f"query parameter {label} is not valid text: {reason}",
+            details={"parameter": where},
+        )
+    return None
+
+
+def _raise_statement_error(exc: Exception, where: str, params: Params) -> NoReturn:
+    """psycopg raises UnicodeEncodeError (lone surrogate) or a client-side DataError
+    (NUL) while sending a text parameter: that is the caller's ``BadRequest``, raised
+    without the driver's error, which quotes the text."""
+    invalid = _invalid_text(params)
+    if invalid is not None:
+        raise invalid from None
+    raise _map_error(exc, where) from exc
 
 
 # --- connection checks ---------------------------------------------------------------
@@ -748,6 +787,8 @@ class PostgresDatabase:
         started = self._monotonic()
         try:
             cur = await conn.execute(sql, params)
+        except (UnicodeEncodeError, psycopg.DataError) as exc:
+            _raise_statement_error(exc, self._where, params)
         except (psycopg.Error, TypeError) as exc:
             raise _map_error(exc, self._where) from exc
         finally:
@@ -759,6 +800,8 @@ class PostgresDatabase:
         try:
             cur = await conn.execute(sql, params)
             return await cur.fetchone()
+        except (UnicodeEncodeError, psycopg.DataError) as exc:
+            _raise_statement_error(exc, self._where, params)
         except (psycopg.Error, TypeError) as exc:
             raise _map_error(exc, self._where) from exc
         finally:
@@ -769,6 +812,8 @@ class PostgresDatabase:
         try:
             cur = await conn.execute(sql, params)
             return list(await cur.fetchall())
+        except (UnicodeEncodeError, psycopg.DataError) as exc:
+            _raise_statement_error(exc, self._where, params)
         except (psycopg.Error, TypeError) as exc:
             raise _map_error(exc, self._where) from exc
         finally:
@@ -780,6 +825,8 @@ class PostgresDatabase:
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(sql, params)
             row = await cur.fetchone()
+        except (UnicodeEncodeError, psycopg.DataError) as exc:
+            _raise_statement_error(exc, self._where, params)
         except (psycopg.Error, TypeError) as exc:
             raise _map_error(exc, self._where) from exc
         finally:
