@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
+import json
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import attrs
@@ -44,15 +48,24 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from domain_errors import Conflict, DomainError, InternalServerError, ServiceUnavailable
+from domain_errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    InternalServerError,
+    ServiceUnavailable,
+)
 from ports.database import Database, Queryable
 from testing._strategies_db import (
+    SubsetColumn,
     sql_bigints,
     sql_identifiers,
     sql_integers,
     sql_rows,
     sql_scalars,
     sql_text,
+    subset_columns,
+    subset_values,
 )
 
 __all__ = ["DatabaseAdapter", "DatabaseContract", "TABLE_DDL", "unique_table_name"]
@@ -772,6 +785,168 @@ class DatabaseContract:
 
         self.run(database_adapter, scenario)
 
+    # --- the documented SQL subset: types, rejections, constraint names -------------
+
+    def test_subset_types_match_postgresql(self, database_adapter: DatabaseAdapter) -> None:
+        """Random tables of INTEGER, BIGINT, NUMERIC(p,s), BOOLEAN, TEXT, TIMESTAMPTZ,
+        JSONB and UUID columns and random valid rows: SELECT *, count/sum/min/max,
+        comparisons with a parameter, boolean expressions and ORDER BY (NULLs too)
+        return what PostgreSQL returns (``subset_model``), values and Python types."""
+        with self.session(database_adapter) as s:
+
+            @settings(
+                max_examples=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+            )
+            @given(data=st.data())
+            def check(data: st.DataObject) -> None:
+                columns = data.draw(subset_columns(), label="columns")
+                rows = data.draw(
+                    st.lists(
+                        st.fixed_dictionaries({c.name: subset_values(c) for c in columns}),
+                        max_size=6,
+                    ),
+                    label="rows",
+                )
+                pivots = {
+                    c.name: data.draw(subset_values(c).filter(lambda v: v is not None))
+                    for c in columns
+                    if c.kind in _ORDERED
+                }
+                s.run(_check_subset(s.db, columns, rows, pivots))
+
+            check()
+
+    @pytest.mark.parametrize(
+        ("column", "value", "sqlstate"),
+        [
+            ("INTEGER", "abc", "22P02"),
+            ("INTEGER", 2**31, "22003"),
+            ("BIGINT", "12x", "22P02"),
+            ("NUMERIC(5,2)", "abc", "22P02"),
+            ("NUMERIC(5,2)", Decimal("1000"), "22003"),
+            ("NUMERIC(5,2)", Decimal("999.995"), "22003"),
+            ("BOOLEAN", "maybe", "22P02"),
+            ("UUID", "not-a-uuid", "22P02"),
+            ("TIMESTAMPTZ", "garbage", "22007"),
+            ("TIMESTAMPTZ", "2024-13-01", "22008"),
+            ("JSONB", "{nope", "22P02"),
+        ],
+    )
+    def test_values_the_column_type_rejects(
+        self, database_adapter: DatabaseAdapter, column: str, value: Any, sqlstate: str
+    ) -> None:
+        """A value PostgreSQL's column type rejects is an InternalServerError with its
+        SQLSTATE on every adapter, and names no value."""
+
+        async def scenario(db: Database, table: str) -> None:
+            await db.execute(f"CREATE TABLE {table}_c (id BIGINT PRIMARY KEY, v {column})")
+            with pytest.raises(InternalServerError) as caught:
+                await db.execute(f"INSERT INTO {table}_c (id, v) VALUES (1, %s)", (value,))
+            assert caught.value.details["sqlstate"] == sqlstate
+            assert str(value) not in str(caught.value)
+            assert await _count(db, f"{table}_c") == 0
+
+        self.run(database_adapter, scenario)
+
+    def test_constraints_are_named_as_postgresql_names_them(
+        self, database_adapter: DatabaseAdapter
+    ) -> None:
+        """Violations report PostgreSQL's default constraint names (``<table>_pkey``,
+        ``_<col>_key``, ``_<col>_fkey``, ``_<col>_check``, ``_check`` for a table CHECK
+        over several columns) or the explicit ``CONSTRAINT`` name, with the table, in
+        ``details`` (for operators; never in a public body)."""
+
+        async def scenario(db: Database, table: str) -> None:
+            p, k = f"{table}_c", f"{table}_k"
+            await db.execute(
+                f"CREATE TABLE {p} (id INTEGER PRIMARY KEY, code TEXT UNIQUE, "
+                "qty INTEGER NOT NULL CHECK (qty > 0), lo INTEGER, hi INTEGER, "
+                "CONSTRAINT ordered_range CHECK (lo < hi))"
+            )
+            await db.execute(
+                f"CREATE TABLE {k} (id INTEGER PRIMARY KEY, p INTEGER REFERENCES {p}(id), "
+                "a INTEGER, b INTEGER, UNIQUE (a, b), CHECK (a > b))"
+            )
+            try:
+                await db.execute(f"INSERT INTO {p} VALUES (1, 'x', 1, 1, 2)")
+                await db.execute(f"INSERT INTO {k} VALUES (1, 1, 2, 1)")
+                ise, fk = InternalServerError, {"constraint": f"{k}_p_fkey", "table": k}
+                cases: list[tuple[str, type[DomainError], dict[str, str]]] = [
+                    (
+                        f"INSERT INTO {p} VALUES (1, 'y', 1, 1, 2)",
+                        Conflict,
+                        {"constraint": f"{p}_pkey"},
+                    ),
+                    (
+                        f"INSERT INTO {p} VALUES (2, 'x', 1, 1, 2)",
+                        Conflict,
+                        {"constraint": f"{p}_code_key"},
+                    ),
+                    (
+                        f"INSERT INTO {p} VALUES (2, 'y', 0, 1, 2)",
+                        ise,
+                        {"constraint": f"{p}_qty_check"},
+                    ),
+                    (
+                        f"INSERT INTO {p} VALUES (2, 'y', 1, 2, 1)",
+                        ise,
+                        {"constraint": "ordered_range"},
+                    ),
+                    (
+                        f"INSERT INTO {p} VALUES (2, 'y', NULL, 1, 2)",
+                        ise,
+                        {"column": "qty", "table": p},
+                    ),
+                    (f"INSERT INTO {k} VALUES (2, 9, 3, 1)", Conflict, fk),
+                    (f"DELETE FROM {p} WHERE id = 1", Conflict, fk),
+                    (
+                        f"INSERT INTO {k} VALUES (2, 1, 2, 1)",
+                        Conflict,
+                        {"constraint": f"{k}_a_b_key"},
+                    ),
+                    (f"INSERT INTO {k} VALUES (2, 1, 1, 2)", ise, {"constraint": f"{k}_check"}),
+                ]
+                for sql, error, expected in cases:
+                    with pytest.raises(error) as caught:
+                        await db.execute(sql)
+                    details = dict(caught.value.details)
+                    assert {key: details.get(key) for key in expected} == expected, sql
+                    if error is Conflict:
+                        assert details["sqlstate"] in ("23505", "23503")
+                        assert caught.value.public_details is False
+            finally:
+                await db.execute(f"DROP TABLE IF EXISTS {k}")
+                await db.execute(f"DROP TABLE IF EXISTS {p}")
+
+        self.run(database_adapter, scenario)
+
+    def test_invalid_text_parameters_are_bad_requests(
+        self, database_adapter: DatabaseAdapter
+    ) -> None:
+        """A lone surrogate or a NUL in a text parameter is a BadRequest naming the
+        parameter's position (or name), never its value; a transaction carries on."""
+
+        async def scenario(db: Database, table: str) -> None:
+            insert = f"INSERT INTO {table} (id, name) VALUES (%s, %s)"
+            for bad in ("x\ud800y", "a\x00" + _SECRET):
+                with pytest.raises(BadRequest) as caught:
+                    await db.execute(insert, (1, bad))
+                assert caught.value.details["parameter"] == 2
+                assert _SECRET not in str(caught.value)
+                assert "\ud800" not in str(caught.value)
+            with pytest.raises(BadRequest) as named:
+                await db.fetch_value("SELECT %(v)s", {"v": "\udfff"})
+            assert named.value.details["parameter"] == "v"
+            async with db.transaction() as tx:
+                with pytest.raises(BadRequest):
+                    await tx.execute(insert, (1, "\ud800"))
+                await tx.execute(insert, (1, "fine"))
+            assert await _names(db, table) == ["fine"]
+
+        self.run(database_adapter, scenario)
+
     # --- stateful model check --------------------------------------------------------
 
     def test_random_operation_sequences_match_a_model(
@@ -935,3 +1110,130 @@ def _model_machine(s: _Session) -> type[RuleBasedStateMachine]:
             ]
 
     return DatabaseModel
+
+
+# --- the model for the SQL subset: what PostgreSQL stores and psycopg returns ---------
+
+_ORDERED = frozenset({"int4", "int8", "numeric", "text", "timestamptz"})
+_EXACT = decimal.Context(prec=200)
+
+
+def _pg_json(value: Any) -> Any:
+    """JSON as jsonb keeps it: a number is a NUMERIC, so ``1e+16`` comes back as an int."""
+    if isinstance(value, float):
+        exact = Decimal(repr(value))
+        return int(exact) if int(exact.as_tuple().exponent) >= 0 else value
+    if isinstance(value, list):
+        return [_pg_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _pg_json(v) for k, v in value.items()}
+    return value
+
+
+def subset_model(column: SubsetColumn, value: Any) -> Any:
+    """What PostgreSQL returns for ``value`` stored in ``column``: NUMERIC rounded half
+    away from zero to the scale, TIMESTAMPTZ in UTC, JSONB parsed."""
+    if value is None:
+        return None
+    if column.kind == "numeric":
+        step = Decimal(1).scaleb(-column.scale)
+        rounded = value.quantize(step, rounding=decimal.ROUND_HALF_UP, context=_EXACT)
+        return rounded if rounded != 0 else abs(rounded)
+    if column.kind == "timestamptz":
+        return value.astimezone(UTC)
+    if column.kind == "jsonb":
+        return _pg_json(json.loads(value))
+    return value
+
+
+def shape(value: Any) -> Any:
+    """``value`` with its Python types made comparable: ``1 != True != 1.0``, Decimal by
+    its text (scale included), datetimes by instant and UTC offset."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [shape(v) for v in value]
+    if isinstance(value, Decimal):
+        return ("Decimal", str(value))
+    if isinstance(value, datetime):
+        return ("datetime", value.astimezone(UTC), value.utcoffset())
+    return (type(value).__name__, value)
+
+
+def _aggregates(column: SubsetColumn, present: Sequence[Any]) -> tuple[list[str], dict[str, Any]]:
+    name = column.name
+    selects = [f"count({name}) AS n"]
+    expected: dict[str, Any] = {"n": len(present)}
+    if column.kind in ("int4", "int8", "numeric"):
+        selects.append(f"sum({name}) AS total")
+        total: Any = None
+        if present:
+            total = sum(present) if column.kind != "numeric" else present[0]
+            if column.kind == "int8":
+                total = Decimal(total)
+            for value in present[1:] if column.kind == "numeric" else ():
+                total = _EXACT.add(total, value)
+        expected["total"] = total
+    if column.kind in _ORDERED:
+        selects += [f"min({name}) AS lo", f"max({name}) AS hi"]
+        expected |= {"lo": min(present, default=None), "hi": max(present, default=None)}
+    return selects, expected
+
+
+async def _check_subset(
+    db: Database, columns: list[SubsetColumn], rows: list[dict[str, Any]], pivots: dict[str, Any]
+) -> None:
+    table = unique_table_name()
+    names = ", ".join(c.name for c in columns)
+    await db.execute(
+        f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, "
+        + ", ".join(f"{c.name} {c.sql_type}" for c in columns)
+        + ")"
+    )
+    try:
+        marks = ", ".join(["%s"] * len(columns))
+        for i, row in enumerate(rows):
+            await db.execute(
+                f"INSERT INTO {table} (id, {names}) VALUES (%s, {marks})",
+                (i, *(row[c.name] for c in columns)),
+            )
+        model = [
+            {"id": i, **{c.name: subset_model(c, row[c.name]) for c in columns}}
+            for i, row in enumerate(rows)
+        ]
+        got = await db.fetch_all(f"SELECT * FROM {table} ORDER BY id")
+        assert shape([dict(r) for r in got]) == shape(model)
+        total = await db.fetch_one(
+            f"SELECT count(*) AS rows, EXISTS(SELECT 1 FROM {table} WHERE id > 0) AS many "
+            f"FROM {table}"
+        )
+        assert shape(dict(total or {})) == shape({"rows": len(rows), "many": len(rows) > 1})
+        for column in columns:
+            name = column.name
+            # SQL NULL only: JSON null is a value (count counts it).
+            stored = [m for m, row in zip(model, rows, strict=True) if row[name] is not None]
+            present = [m[name] for m in stored]
+            selects, expected = _aggregates(column, present)
+            got_row = await db.fetch_one(f"SELECT {', '.join(selects)} FROM {table}")
+            assert shape(dict(got_row or {})) == shape(expected), name
+            if column.kind not in _ORDERED:
+                continue
+            pivot = pivots[name]
+            low = subset_model(column, pivot) if column.kind == "timestamptz" else pivot
+            ordered = sorted((m[name], m["id"]) for m in stored)
+            nulls = [m["id"] for m, row in zip(model, rows, strict=True) if row[name] is None]
+            found = await db.fetch_all(
+                f"SELECT id, {name} > %s AS above, {name} IS NULL AS missing FROM {table} "
+                f"WHERE {name} < %s OR {name} IS NULL ORDER BY {name}, id",
+                (pivot, pivot),
+            )
+            want = [{"id": i, "above": False, "missing": False} for v, i in ordered if v < low] + [
+                {"id": i, "above": None, "missing": True} for i in nulls
+            ]
+            assert shape([dict(r) for r in found]) == shape(want), name
+            down = await db.fetch_all(f"SELECT id FROM {table} ORDER BY {name} DESC, id")
+            by_value = sorted(ordered, key=lambda vi: vi[1])
+            by_value.sort(key=lambda vi: vi[0], reverse=True)
+            assert [r["id"] for r in down] == nulls + [i for _, i in by_value], name
+    finally:
+        await db.execute(f"DROP TABLE IF EXISTS {table}")
