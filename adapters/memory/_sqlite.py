@@ -10,26 +10,19 @@ query is always parsed for placeholders (``%`` must be doubled even inside strin
 literals), positional and named styles cannot be mixed, and a wrong number or shape of
 parameters raises ``InternalServerError``. One statement per call.
 
-**Types.** Parameters: ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str``,
-``bytes``, plus ``datetime`` / ``date`` (stored as ISO 8601 text), ``Decimal`` and
-``UUID`` (stored as text). Columns declared ``BOOLEAN``/``BOOL``, ``TIMESTAMPTZ``,
-``TIMESTAMP``, ``DATE``, ``NUMERIC``/``DECIMAL`` and ``UUID`` come back as ``bool``,
-aware ``datetime`` (UTC when stored naive), naive ``datetime``, ``date``, ``Decimal``
-and ``UUID``, as PostgreSQL returns them. (These converters are registered with
-:func:`sqlite3.register_converter`, which is process-wide, for those type names.)
-
-**SQL subset both speak** (what the contract suite uses): ``CREATE TABLE`` with
-``BIGINT``/``INTEGER``/``TEXT``/``REAL``/``BOOLEAN``/``TIMESTAMPTZ``/``NUMERIC``
-columns, ``PRIMARY KEY``, ``UNIQUE``, ``NOT NULL``, ``DEFAULT``, ``CHECK``, ``REFERENCES``;
-``DROP TABLE [IF EXISTS]``; ``INSERT`` (multi-row ``VALUES``, ``ON CONFLICT ... DO
-NOTHING / DO UPDATE SET ... = excluded.x``, ``RETURNING``); ``UPDATE``/``DELETE`` with
-``RETURNING``; ``SELECT`` with joins, ``WHERE``, ``GROUP BY``, ``HAVING``, ``ORDER BY``,
-``LIMIT``/``OFFSET``, subqueries, ``WITH`` (CTEs), ``UNION``, ``CASE``, ``COALESCE``,
-``count``/``sum``/``min``/``max``/``avg``, ``lower``/``upper``/``length``, ``||``.
-Not available here: ``SERIAL``/``IDENTITY`` (supply keys, or ``INTEGER PRIMARY KEY`` in
-SQLite only), ``::`` casts, ``ILIKE``, ``= ANY(%s)`` with a list, arrays, JSONB
-operators, ``FOR UPDATE``/``SKIP LOCKED``, schemas, ``now()`` (use ``CURRENT_TIMESTAMP``),
-``LISTEN``/``NOTIFY``, sequences. Integer division and ``LIKE`` case rules follow SQLite.
+**Types and the SQL subset** (ADR 0011, README "SQL subset and types"). For
+``INTEGER``, ``BIGINT``, ``NUMERIC(p,s)``, ``BOOLEAN``, ``TEXT``, ``TIMESTAMPTZ``,
+``JSONB``, ``UUID`` (and ``BYTEA``) columns and ``count``/``sum``/``min``/``max`` over
+them, the fake returns the Python values and types psycopg returns from PostgreSQL
+(``Decimal`` with the column's scale, exact ``sum``, ``bool`` for boolean expressions,
+aware UTC ``datetime`` in time order, ``dict``/``list``, ``UUID``), rejects what
+PostgreSQL rejects with its SQLSTATE, and names constraints and result columns as
+PostgreSQL does. Statements are checked and rewritten by ``_sqlite_sql`` (tokenizer,
+``CREATE TABLE`` rewrite, result typing) on the types of ``_sqlite_types``; SQL outside
+the subset raises ``InternalServerError`` "SqliteDatabase does not support <construct>
+(outside the documented subset)". Parameters: ``None``, ``bool``, ``int`` (64-bit),
+``float``, ``str``, ``bytes``, ``datetime`` (bound as UTC text), ``Decimal``, ``UUID``;
+a lone surrogate or NUL in a ``str`` is ``BadRequest`` naming its position.
 
 **Transactions and concurrency.** One connection, serialized by an ``asyncio.Lock``:
 a transaction holds the lock from ``BEGIN`` to ``COMMIT``/``ROLLBACK``, and every other
@@ -44,10 +37,13 @@ savepoint block rolls back, and leaving the block normally rolls it back and rai
 ``InternalServerError``.
 
 **Errors.** ``UNIQUE``/``PRIMARY KEY`` and ``FOREIGN KEY`` violations (foreign keys are
-enforced: ``PRAGMA foreign_keys=ON``) -> ``Conflict`` with ``details["sqlstate"]`` as
-PostgreSQL would report it (23505, 23503); other failures -> ``InternalServerError``
-(SQLite's own message is kept: it never contains parameter values); calls before
-``connect()`` or after ``close()`` -> ``ServiceUnavailable``.
+enforced: ``PRAGMA foreign_keys=ON``) -> ``Conflict`` with ``details`` as PostgreSQL
+reports them (``sqlstate`` 23505/23503, ``constraint``, ``table``); NOT NULL and CHECK
+-> ``InternalServerError`` (23502 with ``table``/``column``, 23514 with ``constraint``);
+a value the column type rejects -> ``InternalServerError`` with PostgreSQL's SQLSTATE;
+other failures -> ``InternalServerError`` (SQLite's own message is kept: it never
+contains parameter values); calls before ``connect()`` or after ``close()`` ->
+``ServiceUnavailable``.
 """
 
 from __future__ import annotations
