@@ -8,8 +8,10 @@ levels) holds the same way for the real adapter and the fake.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 from domain_errors import ConfigurationError
@@ -41,7 +43,13 @@ __all__ = [
     "clean_fields",
     "error_fields",
     "current_exception",
+    "ACCESS_LOGGED",
+    "RepeatLimiter",
 ]
+
+ACCESS_LOGGED: Final[ContextVar[bool]] = ContextVar("hexinfra_access_logged", default=False)
+"""True inside a request whose access line ``RequestContextMiddleware`` writes: the
+stdlib bridge then drops the server's own access line (one line per request)."""
 
 LEVEL_NUMBERS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "fatal": 50}
 _LEVEL_ALIASES: Final = {"warn": "warning", "critical": "fatal"}
@@ -161,3 +169,44 @@ def error_fields(exc: BaseException) -> dict[str, str]:
         "message": redact_error_text(safe_str(exc)),
         "stack": redact_error_text(stack),
     }
+
+
+class RepeatLimiter:
+    """Rate-limits identical log lines: the first is written, then at most one per
+    ``interval`` seconds, carrying how many were withheld since the previous one.
+
+    ``admit(key)`` is ``None`` for a line to withhold, else the number withheld
+    before it (0 the first time: write no ``repeated`` tag). Keys are whatever makes
+    two lines identical (logger, level and message, say); at most ``max_keys`` are
+    remembered (then the table starts afresh). Not thread-safe by itself: a lost
+    count under a race costs a number, never a line of another kind.
+    """
+
+    __slots__ = ("_clock", "_interval", "_max_keys", "_seen")
+
+    def __init__(
+        self,
+        interval: float = 10.0,
+        *,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._clock = clock
+        self._seen: dict[Hashable, list[float]] = {}
+
+    def admit(self, key: Hashable) -> int | None:
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= self._max_keys:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+            return 0
+        if now - seen[0] < self._interval:
+            seen[1] += 1
+            return None
+        withheld = int(seen[1])
+        seen[0], seen[1] = now, 0
+        return withheld

@@ -1,41 +1,65 @@
-"""The HTTP edge as pure ASGI middleware: request context and error responses.
+"""The HTTP edge: request context and one error format, for any ASGI app.
 
-Works with any ASGI framework (Starlette, FastAPI, Litestar...) and needs none at
-run time. Stack them with the context outermost, so that error responses carry the
-request id too::
+Pure ASGI (no framework at run time). Pick the recipe that fits the app:
 
-    app = RequestContextMiddleware(DomainErrorMiddleware(app, logger=logger))
+- A pure ASGI app (no framework): wrap it, the context outermost so that error
+  responses carry the request id too::
 
-or, in Starlette/FastAPI, ``app.add_middleware(DomainErrorMiddleware, logger=logger)``
-then ``app.add_middleware(RequestContextMiddleware)`` (the last added is outermost).
+      app = RequestContextMiddleware(DomainErrorMiddleware(app, logger=logger), logger=logger)
+
+- Starlette or FastAPI: the framework answers its own errors (and every exception
+  that reaches its ``ServerErrorMiddleware``) before an outer wrapper sees them, so
+  register the mapping inside the app instead, then add the context middleware::
+
+      install_error_handling(app, logger=logger)
+      app.add_middleware(RequestContextMiddleware, logger=logger)
+
+  with ``lifespan=infrastructure_lifespan(config)`` given to ``Starlette(...)`` or
+  ``FastAPI(...)`` to connect the adapters at startup (``app.state.infra``), and
+  ``Depends(get_infrastructure)`` in FastAPI handlers.
+
+Starlette and FastAPI are imported only when those functions run: ``import
+adapters.asgi`` needs neither.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http
+import inspect
 import json
 import re
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
 
 from domain_errors import (
     GENERIC_MESSAGE,
     PROBLEM_JSON,
     DomainError,
     ErrorCode,
+    UnprocessableEntity,
     to_http_response,
     to_problem_details,
 )
+from ports.config import ConfigSource
 from ports.context import bind_context
 from ports.logger import Logger
 
-from .redaction import redact_headers, redact_value
+from ._log_fields import ACCESS_LOGGED
+from .redaction import is_secret_name, redact_headers, redact_value
+
+if TYPE_CHECKING:
+    from .bootstrap import Infrastructure
 
 __all__ = [
     "RequestContextMiddleware",
     "DomainErrorMiddleware",
+    "install_error_handling",
+    "infrastructure_lifespan",
+    "get_infrastructure",
     "REQUEST_ID_HEADER",
     "ASGIApp",
     "redact_headers",
@@ -109,6 +133,8 @@ class RequestContextMiddleware:
             await send(message)
 
         began = time.perf_counter()
+        # Our access line is on: the stdlib bridge drops uvicorn's for this request.
+        flag = ACCESS_LOGGED.set(True) if self._logger is not None else None
         with bind_context(request_id=rid):
             try:
                 await self.app(scope, receive, send_with_id)
@@ -122,6 +148,8 @@ class RequestContextMiddleware:
                             status=status or 500,
                             duration_ms=round((time.perf_counter() - began) * 1000, 3),
                         )
+                if flag is not None:
+                    ACCESS_LOGGED.reset(flag)
 
 
 def _wants_problem_json(scope: Scope) -> bool:
@@ -146,11 +174,15 @@ def _error_body(scope: Scope, exc: Exception) -> tuple[int, str, bytes]:
         body = to_problem_details(exc, instance=scope.get("path") or None)
         status = int(body["status"])
         content_type = PROBLEM_JSON
+        if body.get("title") == "Error":  # a status domain_errors has no title for (405...)
+            body["title"] = _phrase(status)
     else:
         response = to_http_response(exc)
         body = response.to_dict()
         status = response.status_code
         content_type = "application/json"
+        if isinstance(exc, _ValidationFailed):
+            body["details"] = dict(exc.details)  # the failing fields, never their values
     payload = json.dumps(redact_value(body), separators=(",", ":"), default=str)
     return status, content_type, payload.encode("utf-8", "backslashreplace")
 
@@ -202,32 +234,290 @@ class DomainErrorMiddleware:
             await self._respond(scope, send, exc)
 
     def _log(self, scope: Scope, exc: Exception) -> None:
-        if self.logger is None:
-            return
-        where: dict[str, Any] = {"method": scope.get("method", ""), "path": scope.get("path", "")}
-        if isinstance(exc, DomainError) and exc.details:
-            where["details"] = dict(exc.details)  # SQLSTATE, constraint...: for operators
-        if isinstance(exc, DomainError) and exc.status < 500:
-            self.logger.info("request failed", status=exc.status, error_code=exc.code, **where)
-            return
-        status = exc.status if isinstance(exc, DomainError) else 500
-        headers = [
-            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
-            for k, v in scope.get("headers", ())
-        ]
-        where["headers"] = redact_headers(headers)  # secret-looking values hidden
-        self.logger.error("request failed", exc=exc, status=status, **where)
+        _log_failure(self.logger, scope, exc)
 
     async def _respond(self, scope: Scope, send: Send, exc: Exception) -> None:
-        try:
-            status, content_type, payload = _error_body(scope, exc)
-        except Exception:  # an error that cannot be rendered still gets an answer
-            status, content_type, payload = 500, "application/json", _GENERIC_BODY
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", content_type.encode()),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        if status == 503:
-            headers.append((b"retry-after", b"1"))
+        status, headers, payload = _error_response(scope, exc)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _log_failure(logger: Logger | None, scope: Scope, exc: Exception) -> None:
+    """4xx at ``info``; 5xx and unexpected exceptions at ``error`` with the stack and
+    the request headers (secret-looking values hidden)."""
+    if logger is None:
+        return
+    where: dict[str, Any] = {"method": scope.get("method", ""), "path": scope.get("path", "")}
+    if isinstance(exc, DomainError) and exc.details:
+        where["details"] = dict(exc.details)  # SQLSTATE, constraint...: for operators
+    if isinstance(exc, DomainError) and exc.status < 500:
+        logger.info("request failed", status=exc.status, error_code=exc.code, **where)
+        return
+    status = exc.status if isinstance(exc, DomainError) else 500
+    headers = [
+        (bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+        for k, v in scope.get("headers", ())
+    ]
+    where["headers"] = redact_headers(headers)  # secret-looking values hidden
+    logger.error("request failed", exc=exc, status=status, **where)
+
+
+def _error_response(
+    scope: Scope, exc: Exception, extra_headers: Mapping[str, str] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, raw headers and body of the error response for ``exc``; never raises."""
+    try:
+        status, content_type, payload = _error_body(scope, exc)
+    except Exception:  # an error that cannot be rendered still gets an answer
+        status, content_type, payload = 500, "application/json", _GENERIC_BODY
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    for name, value in (extra_headers or {}).items():
+        lowered = name.lower()
+        if lowered not in ("content-type", "content-length"):
+            headers.append((lowered.encode("latin-1"), str(value).encode("latin-1")))
+    return status, headers, payload
+
+
+# -- Starlette and FastAPI ---------------------------------------------------------------
+
+_STATUS_CODES: Final[dict[int, str]] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.CONFLICT,
+    422: ErrorCode.UNPROCESSABLE_ENTITY,
+    429: ErrorCode.TOO_MANY_REQUESTS,
+    500: ErrorCode.INTERNAL_SERVER_ERROR,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
+_HTTP_ERRORS: dict[int, type[DomainError]] = {}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _http_error_class(status: int) -> type[DomainError]:
+    """A DomainError class for an HTTP status (one per status, made once)."""
+    cls = _HTTP_ERRORS.get(status)
+    if cls is None:
+        phrase = _phrase(status)
+        code = _STATUS_CODES.get(status) or (
+            re.sub(r"[^A-Z0-9]+", "_", phrase.upper()).strip("_")
+            if phrase != "Error"
+            else f"HTTP_{status}"
+        )
+        cls = type(
+            f"HTTPError{status}",
+            (DomainError,),
+            {"status": status, "default_code": code, "__module__": __name__},
+        )
+        _HTTP_ERRORS[status] = cls
+    return cls
+
+
+class _ValidationFailed(UnprocessableEntity):
+    """FastAPI's RequestValidationError as a DomainError: the fields, never the values."""
+
+    default_code = ErrorCode.VALIDATION_FAILED
+
+
+def _from_http_exception(exc: Any) -> DomainError:
+    """A framework's ``HTTPException`` (Starlette's, FastAPI's) as a DomainError."""
+    status = int(getattr(exc, "status_code", 500) or 500)
+    if not 400 <= status <= 599:
+        status = 500
+    detail = getattr(exc, "detail", None)
+    cls = _http_error_class(status)
+    phrase = _phrase(status)
+    if isinstance(detail, str) and detail and detail != phrase:
+        return cls(detail)
+    if detail is None or isinstance(detail, str):  # the framework's default: the phrase
+        return cls(phrase.lower())
+    return cls(phrase.lower(), details={"detail": detail})
+
+
+def _validation_fields(errors: Any) -> list[dict[str, Any]]:
+    """Each failing field: where it is, the error type and message; never its input."""
+    fields: list[dict[str, Any]] = []
+    for error in list(errors)[:100]:
+        if not isinstance(error, Mapping):
+            continue
+        loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+        secret = any(isinstance(part, str) and is_secret_name(part) for part in loc)
+        fields.append(
+            {
+                "field": ".".join(str(part) for part in loc),
+                "loc": loc,
+                "type": str(error.get("type", "")),
+                # A custom validator's message may quote the value: not for secrets.
+                "message": "invalid value" if secret else str(error.get("msg", "")),
+            }
+        )
+    return fields
+
+
+def _from_validation_error(exc: Any) -> DomainError:
+    try:
+        fields = _validation_fields(exc.errors())
+    except Exception:
+        fields = []
+    return _ValidationFailed("request validation failed", details={"fields": fields})
+
+
+def _as_domain_error(exc: Exception) -> Exception:
+    """What a handler answers with: DomainErrors as they are, framework errors mapped."""
+    if isinstance(exc, DomainError):
+        return exc
+    starlette_exceptions = sys.modules.get("starlette.exceptions")
+    if starlette_exceptions is not None and isinstance(exc, starlette_exceptions.HTTPException):
+        return _from_http_exception(exc)
+    fastapi_exceptions = sys.modules.get("fastapi.exceptions")
+    if fastapi_exceptions is not None and isinstance(
+        exc, fastapi_exceptions.RequestValidationError
+    ):
+        return _from_validation_error(exc)
+    return exc
+
+
+def install_error_handling(app: Any, *, logger: Logger | None = None) -> None:
+    """Answer every error of a Starlette or FastAPI ``app`` in one format.
+
+    Registers exception handlers (the framework's own mechanism) so that a
+    :class:`~domain_errors.DomainError`, an ``HTTPException`` (Starlette's or
+    FastAPI's: unknown routes 404, 405 with its ``Allow`` header, ``raise
+    HTTPException(...)`` in a handler) and FastAPI's ``RequestValidationError``
+    (422, code ``VALIDATION_FAILED``, the failing fields in ``details`` / RFC 9457
+    ``errors``: location, type and message, never the submitted value) all answer
+    as :class:`DomainErrorMiddleware` does: the ``ErrorResponse`` JSON body, or RFC
+    9457 ``application/problem+json`` when the client's ``Accept`` asks for it.
+
+    Any other exception is a generic 500, logged with its stack: a
+    :class:`DomainErrorMiddleware` is added as the innermost middleware (so the
+    answer passes through ``RequestContextMiddleware`` and carries the request id),
+    and a handler for ``Exception`` renders what a middleware of yours raises.
+
+    Call it before the app starts (as ``add_middleware``); calling it again does
+    nothing. Starlette and FastAPI are imported only here.
+    """
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+
+    if getattr(app, "middleware_stack", None) is not None:
+        raise RuntimeError("install_error_handling must be called before the app starts")
+    state = app.state
+    if getattr(state, "hexinfra_error_handling", False):
+        return
+    state.hexinfra_error_handling = True
+
+    async def handle(connection: Any, exc: Exception) -> Any:
+        return await _framework_response(connection, exc, logger)
+
+    app.add_exception_handler(DomainError, handle)
+    app.add_exception_handler(HTTPException, handle)
+    if "fastapi" in sys.modules:  # a FastAPI app: its module is loaded
+        from fastapi.exceptions import RequestValidationError
+
+        app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(Exception, handle)
+    # Innermost user middleware: unexpected exceptions answered inside the context.
+    app.user_middleware.append(Middleware(DomainErrorMiddleware, logger=logger))
+
+
+async def _framework_response(connection: Any, exc: Exception, logger: Logger | None) -> Any:
+    from starlette.responses import Response
+
+    scope = connection.scope
+    error = _as_domain_error(exc)
+    with contextlib.suppress(Exception):  # a logger must not cost the response
+        _log_failure(logger, scope, error)
+    if scope.get("type") == "websocket":
+        status = error.status if isinstance(error, DomainError) else 500
+        await connection.close(code=1011 if status >= 500 else 1008)
+        return None
+    extra = getattr(exc, "headers", None) if error is not exc else None
+    status, headers, payload = _error_response(scope, error, extra)
+    response = Response(content=payload, status_code=status)
+    response.raw_headers = headers
+    return response
+
+
+def infrastructure_lifespan(
+    config: ConfigSource,
+    *,
+    logger: Logger | None = None,
+    memory: bool | None = None,
+    setup: Callable[[Infrastructure], Awaitable[None]] | None = None,
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """A Starlette/FastAPI ``lifespan`` that connects the adapters at startup.
+
+    ``Starlette(lifespan=infrastructure_lifespan(config))`` (or ``FastAPI(...)``):
+    at startup :func:`adapters.bootstrap.build_infrastructure` (``config``,
+    ``logger``, ``memory`` as there) is entered and put in ``app.state.infra``,
+    then ``setup(infra)`` runs (migrations, subscriptions); at shutdown, after the
+    server has finished its requests, it is closed. A failed connect (or ``setup``)
+    closes whatever was opened and fails the startup: the server stops with the
+    error and never serves.
+    """
+    from .bootstrap import build_infrastructure
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        infra = build_infrastructure(config, memory=memory, logger=logger)
+        async with infra:
+            if setup is not None:
+                await setup(infra)
+            app.state.infra = infra
+            try:
+                yield
+            finally:
+                with contextlib.suppress(AttributeError):
+                    del app.state.infra
+
+    return lifespan
+
+
+class _InfrastructureDependency:
+    """``get_infrastructure(request)``: the ``Infrastructure`` in ``app.state.infra``.
+
+    A FastAPI dependency (``Depends(get_infrastructure)``), also callable from a
+    Starlette endpoint. Its signature names Starlette's ``Request`` only when asked
+    for (FastAPI reads it), so importing this module imports no framework.
+    """
+
+    __name__ = "get_infrastructure"
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        from starlette.requests import Request
+
+        from .bootstrap import Infrastructure
+
+        parameter = inspect.Parameter(
+            "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+        )
+        return inspect.Signature([parameter], return_annotation=Infrastructure)
+
+    def __call__(self, request: Any) -> Infrastructure:
+        infra: Infrastructure | None = getattr(request.app.state, "infra", None)
+        if infra is None:
+            raise RuntimeError(
+                "no infrastructure in app.state.infra: give the app "
+                "lifespan=infrastructure_lifespan(config)"
+            )
+        return infra
+
+    def __repr__(self) -> str:
+        return "get_infrastructure"
+
+
+get_infrastructure: Final = _InfrastructureDependency()

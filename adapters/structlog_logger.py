@@ -26,12 +26,23 @@ JSON, ``structlog.dev.ConsoleRenderer`` for console. One write and one flush per
 line, under a lock, so lines from threads never interleave and a crash loses no
 line already logged. A value orjson cannot encode is written with ``str()``; a
 logging call never raises (except ``fatal``, on purpose).
+
+The standard ``logging`` module (ADR 0029): ``configure_logging(config)`` also
+routes its records (uvicorn, psycopg, nats-py, asyncio...) into the same lines,
+through a handler on the root logger (:func:`capture_stdlib_logging`): the same
+level filter, request context and redaction, the record's logger name in
+``logger`` and its exception in ``error``. uvicorn's access line is dropped for a
+request whose ``request completed`` line ``RequestContextMiddleware`` writes (one
+access line per request). Identical warnings (same logger, level and message)
+repeating are written once, then at most once per ``repeat_interval`` seconds with
+``repeated=<lines withheld since>``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -48,6 +59,8 @@ from ports.context import current_context
 from ports.logger import Logger
 
 from ._log_fields import (
+    ACCESS_LOGGED,
+    RepeatLimiter,
     clean_fields,
     current_exception,
     error_fields,
@@ -56,7 +69,7 @@ from ._log_fields import (
 )
 from .redaction import redact_error_text, redact_text, safe_str
 
-__all__ = ["StructlogLogger", "configure_logging", "LOG_FORMATS"]
+__all__ = ["StructlogLogger", "configure_logging", "capture_stdlib_logging", "LOG_FORMATS"]
 
 LOG_FORMATS: Final = ("json", "console")
 
@@ -265,7 +278,14 @@ class StructlogLogger:
         """Lines that could not be written because the stream failed."""
         return self._out.dropped
 
-    def _emit(self, level: str, msg: str, tags: dict[str, Any], exc: BaseException | None) -> None:
+    def _emit(
+        self,
+        level: str,
+        msg: str,
+        tags: dict[str, Any],
+        exc: BaseException | None,
+        origin: str | None = None,
+    ) -> None:
         try:
             if type(msg) is not str:
                 msg = safe_str(msg)
@@ -280,6 +300,8 @@ class StructlogLogger:
                 "message": message,
                 "service": self._service,
             }
+            if origin is not None:  # a stdlib record's logger name
+                event["logger"] = origin
             context = current_context()
             if context:
                 merge_fields(event, context)
@@ -305,6 +327,7 @@ def configure_logging(
     *,
     stream: IO[Any] | None = None,
     processors: Iterable[Processor] = (),
+    capture_stdlib: bool = True,
 ) -> Logger:
     """A :class:`StructlogLogger` set up from ``config``.
 
@@ -312,13 +335,116 @@ def configure_logging(
     any case, default ``info``) and ``LOG_FORMAT`` (``json`` default, ``console``).
     Writes to ``stream`` (default: ``sys.stdout`` at the time of this call). An
     unknown level or format is a ``ConfigurationError`` naming the setting.
-    Touches no global state: calling it twice gives two independent loggers.
+    Calling it twice gives two independent loggers.
+
+    With ``capture_stdlib`` (the default) the records of the standard ``logging``
+    module come out through this logger too (:func:`capture_stdlib_logging`: the
+    one global change, replacing the capture of an earlier call). Pass
+    ``capture_stdlib=False`` for a logger that must leave ``logging`` alone.
     """
     fmt = config.get_str("LOG_FORMAT", "json").strip().lower()
-    return StructlogLogger(
+    logger = StructlogLogger(
         service=config.get_str("SERVICE_NAME", "app"),
         level=config.get_str("LOG_LEVEL", "info"),
         format=fmt,
         stream=stream,
         processors=processors,
     )
+    if capture_stdlib:
+        capture_stdlib_logging(logger)
+    return logger
+
+
+# -- the standard logging module -----------------------------------------------------
+
+_RECORD_ATTRS: Final = frozenset(
+    {
+        *vars(logging.LogRecord("", 0, "", 0, "", (), None)),
+        "message",
+        "asctime",
+        "color_message",  # uvicorn's coloured copy of the message
+        "taskName",
+    }
+)
+_SERVER_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_ACCESS_LOGGER: Final = "uvicorn.access"
+_capture_lock = threading.Lock()
+
+
+def _level_name(levelno: int) -> str:
+    # CRITICAL is written as error: a library's record must never mean SystemExit.
+    if levelno < _INFO:
+        return "debug"
+    if levelno < _WARNING:
+        return "info"
+    if levelno < _ERROR:
+        return "warning"
+    return "error"
+
+
+class _StdlibBridge(logging.Handler):
+    """A ``logging.Handler`` writing records through a :class:`StructlogLogger`."""
+
+    def __init__(self, logger: StructlogLogger, repeat_interval: float) -> None:
+        super().__init__(level=logger.level)
+        self.logger = logger
+        self._repeats = RepeatLimiter(repeat_interval)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = record.name
+            tags: dict[str, Any] = {}
+            if name == _ACCESS_LOGGER:
+                if ACCESS_LOGGED.get():
+                    return  # RequestContextMiddleware writes this request's line
+                args = record.args
+                if isinstance(args, tuple) and len(args) == 5:
+                    client, method, path, version, status = args
+                    tags = {
+                        "client": client,
+                        "method": method,
+                        "path": path,
+                        "http_version": version,
+                        "status": status,
+                    }
+            for key, value in record.__dict__.items():
+                if key not in _RECORD_ATTRS:
+                    tags[key] = value
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                withheld = self._repeats.admit((name, record.levelno, message))
+                if withheld is None:
+                    return
+                if withheld:
+                    tags["repeated"] = withheld
+            exc = record.exc_info[1] if record.exc_info else None
+            self.logger._emit(_level_name(record.levelno), message, tags, exc, origin=name)
+        except Exception:  # a log call never raises, a library's neither
+            self.logger._out.dropped += 1
+
+
+def capture_stdlib_logging(
+    logger: StructlogLogger, *, repeat_interval: float = 10.0
+) -> logging.Handler:
+    """Route the standard ``logging`` module's records through ``logger``.
+
+    Puts one handler on the root logger (replacing the one an earlier call put
+    there) and sets the root level to the logger's, so that the level filter is the
+    same. uvicorn's own handlers (``uvicorn``, ``uvicorn.error``, ``uvicorn.access``)
+    are removed and those loggers propagate: their lines come out once, as ours.
+    Other handlers on the root logger are left as they are. Returns the handler.
+    """
+    bridge = _StdlibBridge(logger, repeat_interval)
+    root = logging.getLogger()
+    with _capture_lock:
+        for handler in list(root.handlers):
+            if isinstance(handler, _StdlibBridge):
+                root.removeHandler(handler)
+        root.addHandler(bridge)
+        root.setLevel(logger.level)
+        for name in _SERVER_LOGGERS:
+            server_logger = logging.getLogger(name)
+            for handler in list(server_logger.handlers):
+                server_logger.removeHandler(handler)
+            server_logger.propagate = True
+    return bridge
