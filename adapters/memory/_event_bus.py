@@ -296,7 +296,8 @@ class InMemorySubscription:
                             raise
                         failure = exc
                 if failure is not None:
-                    self._failed(index, stored, attempt, failure, timed_out)
+                    with bind_context(request_id=rid):  # retry / dead-letter lines too
+                        self._failed(index, stored, attempt, failure, timed_out)
                 elif attempt > 1:
                     del attempts[index]
             except BaseException:

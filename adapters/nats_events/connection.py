@@ -26,6 +26,7 @@ from tenacity import (
 )
 
 from adapters._event_rules import DEFAULT_MAX_PAYLOAD, NullLogger, check_wire_size
+from adapters._log_fields import RepeatLimiter
 from adapters.nats_events._errors import AckError, NoResponders, failure_reason, is_retryable
 from adapters.nats_events._internals import lanes_supported, new_client
 from adapters.nats_events.settings import NatsSettings, redact_url
@@ -43,6 +44,7 @@ __all__ = ["NatsConnection"]
 _STATUS: Final = "Status"
 _DEFAULT_SERVICE: Final = "hexinfra"
 _MESSAGE_TOO_LARGE: Final = 10054  # JetStream: message size exceeds maximum allowed
+_ERROR_REPEAT_INTERVAL: Final = 30.0  # s between two identical "nats client error" lines
 _UTF8_MAX: Final = 4  # bytes per character, at most
 
 
@@ -86,6 +88,7 @@ class NatsConnection:
         self._where = ",".join(redact_url(s) for s in settings.servers)
         self._direct = True
         self._stream_limits: dict[str, int] = {}
+        self._error_repeats = RepeatLimiter(_ERROR_REPEAT_INTERVAL)
 
     @classmethod
     def from_config(
@@ -268,7 +271,16 @@ class NatsConnection:
         return f"{url.hostname}:{url.port}" if url is not None else "?"
 
     async def _on_error(self, exc: Exception) -> None:
-        self._logger.warning("nats client error", reason=failure_reason(exc))
+        # nats-py reports every failed reconnect attempt (each reconnect_wait, for as
+        # long as the server is away): the same reason is written once per interval.
+        reason = failure_reason(exc)
+        withheld = self._error_repeats.admit(reason)
+        if withheld is None:
+            return
+        if withheld:
+            self._logger.warning("nats client error", reason=reason, repeated=withheld)
+        else:
+            self._logger.warning("nats client error", reason=reason)
 
     async def _on_disconnected(self) -> None:
         nc = self._nc

@@ -438,6 +438,11 @@ class NatsSubscription:
         decoded = await self._decode(msg)
         if decoded is None:
             return
+        # Every line about this event (retries, dead letters) carries its request id.
+        with bind_context(request_id=decoded.request_id):
+            await self._handle(msg, decoded)
+
+    async def _handle(self, msg: Delivery, decoded: event_codec.Decoded) -> None:
         reply = msg.reply
         event = decoded.event
         redelivered = attempt_of(reply) > 1
