@@ -15,14 +15,24 @@ Behaviour, beyond the port's contract:
   exponential backoff (tenacity, ``DB_CONNECT_RETRIES`` attempts, on the injected
   clock), then fills the pool to ``DB_POOL_MIN_SIZE``. A server that never answers
   gives ``ServiceUnavailable`` naming host, port and database, never the password.
+- **Admission gate.** In front of the pool, a FIFO gate the size of
+  ``DB_POOL_MAX_SIZE`` lets only that many callers at a time ask psycopg_pool for a
+  connection; the others wait in line at the gate (one future each), which is much
+  cheaper than psycopg_pool's waiter machinery under thousands of concurrent tasks.
+  The wait at the gate counts toward ``DB_POOL_TIMEOUT_S`` (then ``ServiceUnavailable``,
+  ``reason="pool_timeout"``); a caller cancelled in line, or after being admitted,
+  passes its place on, so nothing is lost and nobody is left waiting.
 - **Checked connections.** ``DB_POOL_CHECK=fast`` (default) checks each connection as it
-  leaves the pool without a round trip: an idle autocommit connection's socket has
-  nothing to read, so a readable socket (a server shutdown message, an EOF) triggers
-  a real round trip (psycopg's ``AsyncConnectionPool.check_connection``), and a dead
-  connection is closed and replaced instead of being handed out; the caller gets the
-  next one at once, within the pool timeout. ``query`` always does the round trip
-  (one extra per call); ``none`` does not check (a restart then fails the first call
-  on each stale connection). The pool retries lost connections in the background
+  leaves the pool without a round trip: libpq must hold it healthy, and an idle
+  autocommit connection's socket has nothing to read, so a readable socket (a server
+  shutdown message, an EOF) triggers a real round trip (psycopg's
+  ``AsyncConnectionPool.check_connection``), and a dead connection is closed and
+  replaced instead of being handed out; the caller gets the next one at once, within
+  the pool timeout. The socket poll is skipped for a connection returned alive less
+  than 2 ms earlier (busy pools reuse connections within microseconds; a restart
+  takes far longer, so every connection it killed is polled). ``query`` always does
+  the round trip (one extra per call); ``none`` does not check (a restart then fails
+  the first call on each stale connection). The pool retries lost connections in the background
   (1 s, then 2 s...) and gives up after 2 s; the next waiting caller starts over, so
   the pool serves again about a second after the server is back.
 - **Slow queries** (``DB_SLOW_QUERY_MS``, 500 ms) are logged at warning with the SQL
@@ -75,6 +85,7 @@ from adapters._extras import require_extra
 require_extra("postgres", "adapters.postgres (PostgresDatabase)")
 
 import asyncio
+import collections
 import contextlib
 import re
 import select
@@ -422,21 +433,91 @@ _DictConn = AsyncConnection[DictRow]
 _Check = Callable[[_DictConn], Awaitable[None]]
 
 
-def _socket_readable(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))
+_CHECK_IDLE_AFTER: Final = 0.002
+"""A connection back in the pool for less than this (seconds) was seen alive so recently
+that the ``fast`` check skips its socket poll (see :meth:`PostgresDatabase._getconn`)."""
+_POLL_EVENTS: Final = select.POLLIN | select.POLLERR | select.POLLHUP
+_CONN_OK: Final = pq.ConnStatus.OK
+_TX_IDLE: Final = pq.TransactionStatus.IDLE
 
 
 async def _fast_check(conn: _DictConn) -> None:
     """A round trip only if the idle socket has something to say (raises if dead)."""
-    if _socket_readable(conn.pgconn.socket):
+    if conn.pgconn.status != _CONN_OK:
+        raise psycopg.OperationalError("the connection is broken")
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, _POLL_EVENTS)
+    if poller.poll(0):
         await AsyncConnectionPool.check_connection(conn)
 
 
 async def _query_check(conn: _DictConn) -> None:
     """psycopg's check: a round trip (an empty query) every time (raises if dead)."""
     await AsyncConnectionPool.check_connection(conn)
+
+
+class _Gate:
+    """FIFO admission in front of the pool: at most ``size`` callers hold a permit.
+
+    Under heavy concurrency psycopg_pool queues every caller it cannot serve in its own
+    waiter machinery (a lock, a condition and a wake-up per waiter); the gate keeps all
+    but ``size`` (the pool's max size) callers here, where a wait is one future and a
+    freed permit passes straight to the oldest waiter. A wait ends with ``PoolTimeout``
+    after ``timeout`` s. A waiter cancelled after a permit was handed to it passes the
+    permit on, so cancellation never loses one; cancelled or timed-out waiters are
+    skipped when a permit is released.
+    """
+
+    __slots__ = ("_free", "_waiters", "waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.waiting = 0
+        """Callers waiting for a permit."""
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free (then nobody waits: a release hands permits on)."""
+        if self._free:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, timeout: float) -> None:
+        """Wait in line for a permit; ``PoolTimeout`` after ``timeout`` s."""
+        if self.try_acquire():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        self.waiting += 1
+        timer = loop.call_later(timeout, _expire, fut, timeout)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release()  # handed a permit, then cancelled: pass it on
+            elif not fut.done():
+                fut.cancel()
+            raise
+        finally:
+            self.waiting -= 1
+            timer.cancel()
+
+    def release(self) -> None:
+        """Give the permit to the oldest live waiter, else free it."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+
+def _expire(fut: asyncio.Future[None], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec"))
 
 
 # --- the adapter ---------------------------------------------------------------------
@@ -522,6 +603,12 @@ class PostgresDatabase:
         self._check: _Check | None = {"fast": _fast_check, "query": _query_check}.get(
             settings.pool_check
         )
+        self._fast = settings.pool_check == "fast"
+        self._pollers: dict[int, select.poll] = {}
+        self._returned_at: dict[int, float] = {}
+        self._gate = _Gate(settings.pool_max_size)
+        self._spare: list[_DictConn] = []
+        """Connections taken from the pool, idle here between two callers under load."""
         self._checks_failed = 0
         self._idle = asyncio.Event()
         self._closed = asyncio.Event()
@@ -670,6 +757,7 @@ class PostgresDatabase:
                 await asyncio.wait_for(self._idle.wait(), timeout)
             except TimeoutError:
                 await self._interrupt_in_flight()
+            await self._return_spares()
             await pool.close(timeout=max(0.1, min(timeout, 5.0)))
         finally:
             self._state = "closed"
@@ -695,9 +783,16 @@ class PostgresDatabase:
 
     def pool_stats(self) -> dict[str, int]:
         """psycopg_pool's figures (``pool_size``, ``pool_available``, ``requests_*``...)
-        plus ``in_flight`` (calls and transactions holding or awaiting a connection)
-        and ``checks_failed`` (dead connections caught by the check, never handed out)."""
+        plus ``in_flight`` (calls and transactions holding or awaiting a connection),
+        ``admission_waiting`` (callers queued at the admission gate, also counted in
+        ``requests_waiting``) and ``checks_failed`` (dead connections caught by the
+        check, never handed out)."""
         stats = self._pool.get_stats() if self._pool is not None else {}
+        if self._pool is not None:
+            waiting = self._gate.waiting
+            stats["admission_waiting"] = waiting
+            stats["spare"] = len(self._spare)
+            stats["requests_waiting"] = stats.get("requests_waiting", 0) + waiting
         stats["in_flight"] = self._in_flight
         stats["checks_failed"] = self._checks_failed
         return stats
@@ -716,30 +811,78 @@ class PostgresDatabase:
             raise self._unavailable()
         self._in_flight += 1
         self._idle.clear()
+        gate = self._gate
+        timeout = self.settings.pool_timeout
+        deadline = time.monotonic() + timeout
+        admitted = gate.try_acquire()
         try:
-            conn = await pool.getconn()
-            if self._check is not None:
-                conn = await self._checked(pool, conn, self._check)
-        except psycopg.Error as exc:
+            if not admitted:
+                await gate.acquire(timeout)
+                admitted = True
+            conn = self._take_spare()
+            if conn is not None and conn._expire_at <= time.monotonic():
+                await asyncio.shield(pool.putconn(conn))  # the pool closes and replaces it
+                conn = None
+            if conn is None:
+                conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
+            if self._check is not None and not self._glance(conn):
+                conn = await self._checked(pool, conn, self._check, deadline)
+        except psycopg.Error as exc:  # PoolTimeout (gate or pool), PoolClosed, a check
+            if admitted:
+                gate.release()
             self._done()
             raise _map_error(exc, self._where) from exc
         except BaseException:
+            if admitted:
+                gate.release()
             self._done()
             raise
         self._in_use.add(conn)
         return conn
 
+    def _glance(self, conn: _DictConn) -> bool:
+        try:
+            return self._alive_at_a_glance(conn)
+        except Exception:  # let the full check decide, and return the connection
+            return False
+
+    def _alive_at_a_glance(self, conn: _DictConn) -> bool:
+        """The ``fast`` check without a round trip: True if ``conn`` may be handed out.
+
+        libpq must consider the connection healthy; then, unless it came back to the
+        pool less than ``_CHECK_IDLE_AFTER`` ago (alive then), its idle socket must have
+        nothing to read: a server shutdown notice or an EOF makes it readable. False
+        sends the connection through :meth:`_checked` (a round trip decides). ``query``
+        mode always answers False.
+        """
+        if not self._fast:
+            return False
+        pgconn = conn.pgconn
+        if pgconn.status != _CONN_OK:
+            return False
+        fd = pgconn.socket
+        if time.monotonic() - self._returned_at.get(fd, 0.0) < _CHECK_IDLE_AFTER:
+            return True
+        poller = self._pollers.get(fd)
+        if poller is None:  # one per descriptor number: a reused number polls the new socket
+            poller = self._pollers[fd] = select.poll()
+            poller.register(fd, _POLL_EVENTS)
+        return not poller.poll(0)
+
     async def _checked(
-        self, pool: AsyncConnectionPool[_DictConn], conn: _DictConn, check: _Check
+        self,
+        pool: AsyncConnectionPool[_DictConn],
+        conn: _DictConn,
+        check: _Check,
+        deadline: float,
     ) -> _DictConn:
         """``conn`` if it passes ``check``; else discard it and take the next one.
 
         psycopg_pool's own ``check`` callback sleeps with backoff (1 s, 2 s...) after
         each failed check, so after a restart a caller would crawl through the dead
         idle connections one per second; here each dead one costs a few
-        microseconds, all within the pool timeout.
+        microseconds, all within the caller's pool timeout.
         """
-        deadline: float | None = None
         while True:
             try:
                 await check(conn)
@@ -753,17 +896,53 @@ class PostgresDatabase:
                 raise
             else:
                 return conn
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + pool.timeout
-            conn = await pool.getconn(timeout=max(deadline - now, 0.001))
+            conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+
+    def _take_spare(self) -> _DictConn | None:
+        """The most recently returned spare connection, if any."""
+        return self._spare.pop() if self._spare else None
 
     async def _putconn(self, conn: _DictConn) -> None:
+        """Give ``conn`` back: to the spare list while other callers are in flight (the
+        next one takes it without a trip through psycopg_pool; at most one spare per
+        other caller in flight), else to the pool, with every spare once nobody else is
+        in flight. A spare past its lifetime goes to the pool when next taken."""
         self._in_use.discard(conn)
         try:
-            await cast(AsyncConnectionPool[_DictConn], self._pool).putconn(conn)
+            pgconn = conn.pgconn
+            now = time.monotonic()
+            healthy = pgconn.status == _CONN_OK
+            if healthy and self._fast:  # seen alive now (see _alive_at_a_glance)
+                self._returned_at[pgconn.socket] = now
+            if (
+                len(self._spare) < self._in_flight - 1
+                and healthy
+                and self._state == "open"
+                and pgconn.transaction_status == _TX_IDLE
+                and conn._expire_at > now
+            ):
+                self._spare.append(conn)
+                return
+            pool = cast(AsyncConnectionPool[_DictConn], self._pool)
+            await pool.putconn(conn)
+            if self._in_flight == 1 and self._spare:
+                await self._return_spares()
         finally:
+            self._gate.release()
             self._done()
+
+    async def _return_spares(self) -> None:
+        """Every spare back to the pool, even if the caller is cancelled meanwhile."""
+        pool = cast(AsyncConnectionPool[_DictConn], self._pool)
+        conns = self._spare[:]
+        self._spare.clear()
+
+        async def return_all() -> None:
+            for conn in conns:
+                with contextlib.suppress(Exception):
+                    await pool.putconn(conn)
+
+        await asyncio.shield(return_all())
 
     def _done(self) -> None:
         self._in_flight -= 1

@@ -9,6 +9,7 @@ flight, and the server holding exactly the pool's connections.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -247,6 +248,70 @@ class TestCancellation:
         await assert_no_leak(db, running)
         assert await asyncio.gather(*(db.fetch_value("SELECT 3") for _ in range(3))) == [3] * 3
         await monitor.close()
+        await db.close()
+
+    async def test_cancellation_under_load_leaks_nothing(self, running: PostgresServer):
+        """2,000 callers on a 4-connection pool, hundreds cancelled at random moments
+        (queued at the admission gate, waiting in the pool, mid-query, inside a
+        transaction): every other caller gets its answer, nobody is left waiting, and
+        every connection is back in the pool."""
+        db = make_db(running, pool_min_size=2, pool_max_size=4, pool_timeout=30.0)
+        await db.connect()
+        rng = random.Random(20260512)
+
+        async def call(i: int) -> Any:
+            if i % 4 == 0:
+                async with db.transaction() as tx:
+                    await tx.execute("SELECT pg_sleep(0.001)")
+                    return await tx.fetch_value("SELECT %s::int", (i,))
+            return await db.fetch_value("SELECT %s::int FROM pg_sleep(0.001)", (i,))
+
+        tasks = [asyncio.create_task(call(i)) for i in range(2000)]
+        cancelled: set[int] = set()
+        for _ in range(150):
+            await asyncio.sleep(rng.random() * 0.004)
+            for i in rng.sample(range(len(tasks)), 3):
+                if not tasks[i].done():
+                    tasks[i].cancel()
+                    cancelled.add(i)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        stats = db.pool_stats()
+        assert stats["admission_waiting"] == 0, stats
+        for i, result in enumerate(results):
+            if isinstance(result, asyncio.CancelledError):
+                assert i in cancelled
+            else:
+                assert result == i, (i, result)
+        assert sum(isinstance(r, asyncio.CancelledError) for r in results) >= 100
+        await assert_no_leak(db, running)
+        assert await asyncio.gather(
+            *(db.fetch_value("SELECT %s::int", (n,)) for n in range(50))
+        ) == list(range(50))
+        await db.close()
+
+
+class TestSustainedLoad:
+    """Connections passed from caller to caller under load still follow the pool's rules."""
+
+    async def test_connections_expire_under_sustained_load(self, running: PostgresServer):
+        """With max_lifetime 0.3 s and 30 callers never letting the pool rest, the
+        connections are still replaced; no call fails and nothing leaks."""
+        db = make_db(running, pool_min_size=1, pool_max_size=3, max_lifetime=0.3)
+        await db.connect()
+        pids: set[int] = set()
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            while not stop.is_set():
+                pids.add(int(await db.fetch_value("SELECT pg_backend_pid()")))
+
+        workers = [asyncio.create_task(worker()) for _ in range(30)]
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert len(pids) > 3 * 2, pids  # every connection replaced at least once
+        await assert_no_leak(db, running)
+        assert db.pool_stats()["spare"] == 0
         await db.close()
 
 
