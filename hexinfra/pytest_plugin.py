@@ -45,5 +45,28 @@ def check_import_names() -> None:
         )
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """Explain a collection error that hexinfra's import names cause: a project whose
+    own package (say ``testing``) comes onto ``sys.path`` only when its tests are
+    collected finds hexinfra's package of that name already imported."""
+    if not report.failed:
+        return
+    text = str(report.longrepr)
+    for name in IMPORT_NAMES:
+        if f"No module named '{name}." in text or f"from '{name}' (" in text:
+            spec = importlib.util.find_spec(name)
+            ours = spec.origin if spec is not None and spec.origin else name
+            report.sections.append(
+                (
+                    "hexinfra",
+                    f"{name!r} is one of hexinfra's import names, already imported from "
+                    f"{ours}: a package of your own named {name!r} is shadowed by it. "
+                    "Rename yours, or run pytest with '-p no:hexinfra' if you use none "
+                    "of hexinfra's fixtures.",
+                )
+            )
+            return
+
+
 check_import_names()
 pytest_plugins = ["testing.pytest_plugin"]

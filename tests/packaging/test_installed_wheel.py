@@ -108,3 +108,21 @@ def test_a_shadowing_package_gets_an_error_that_says_so(venv: Path, tmp_path: Pa
         venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hexinfra", cwd=project
     )
     assert skipped.returncode == 0, skipped.stdout
+
+
+def test_a_shadowed_package_found_at_collection_gets_a_hint(venv: Path, tmp_path: Path) -> None:
+    """The common layout (a root conftest, plain ``pytest``): the user's ``testing``
+    package comes onto sys.path only at collection, finds ours imported, and the
+    collection error carries hexinfra's explanation."""
+    project = tmp_path / "layout"
+    (project / "testing").mkdir(parents=True)
+    (project / "testing" / "__init__.py").write_text("")
+    (project / "testing" / "helpers.py").write_text("VALUE = 1\n")
+    (project / "conftest.py").write_text("")
+    (project / "test_y.py").write_text(
+        "from testing.helpers import VALUE\n\ndef test_y() -> None:\n    assert VALUE == 1\n"
+    )
+    ran = _run(venv.with_name("pytest"), "-q", "-p", "no:cacheprovider", cwd=project)
+    assert ran.returncode != 0
+    assert "one of hexinfra's import names" in ran.stdout, ran.stdout[-3000:]
+    assert "-p no:hexinfra" in ran.stdout
