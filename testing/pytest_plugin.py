@@ -34,22 +34,28 @@ never skip: a test that asked for a real server gets one or an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import threading
+import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from adapters._event_rules import NullLogger
+from domain_errors import DomainError
 
 from .servers import NatsServer, PostgresServer
 
 __all__ = ["postgres_url", "nats_url", "database_template", "database_url", "events_config"]
 
 DATABASE_URL_ENV = "HEXINFRA_TEST_DATABASE_URL"
+_LEFT_OVER_AGE = 3600.0  # seconds: no test keeps a database or stream this long
+_STAMPED = re.compile(r"HEXINFRA_(?:TPL_|T_)(\d{10})_[0-9a-f]{12}", re.IGNORECASE)
 NATS_URL_ENV = "HEXINFRA_TEST_NATS_URL"
 
 # Start-up times of this session's ephemeral servers, kept on the session's config so
@@ -91,10 +97,10 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _admin(url: str, statement: str) -> None:
-    """Run one statement outside any transaction (CREATE/DROP DATABASE) through the
+def _admin(url: str, *statements: str, sweep: bool = False) -> None:
+    """Run statements outside any transaction (CREATE/DROP DATABASE) through the
     PostgreSQL adapter (the ``postgres`` extra; only tests that ask for a database
-    need it), on a loop of its own."""
+    need it), on a loop of its own; with ``sweep``, first drop what earlier runs left."""
     from adapters.postgres import PostgresDatabase, PostgresSettings
 
     async def run() -> None:
@@ -102,11 +108,36 @@ def _admin(url: str, statement: str) -> None:
         database = PostgresDatabase(settings, NullLogger())
         await database.connect()
         try:
-            await database.execute(statement)
+            if sweep:
+                rows = await database.fetch_all("SELECT datname FROM pg_database")
+                for name in _left_over(str(row["datname"]) for row in rows):
+                    # Without FORCE: a database still in use belongs to a live run.
+                    with contextlib.suppress(DomainError):
+                        await database.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)}")
+            for statement in statements:
+                await database.execute(statement)
         finally:
             await database.close(timeout=5)
 
     _in_own_loop(run)
+
+
+def _stamped(prefix: str) -> str:
+    """A name for something a test creates: ``<prefix><unix time>_<random>``, so that a
+    later run can tell what an interrupted one left behind, and how old it is."""
+    return f"{prefix}{int(time.time())}_{uuid.uuid4().hex[:12]}"
+
+
+def _left_over(names: Iterable[str], *, older_than: float = _LEFT_OVER_AGE) -> list[str]:
+    """The names made by :func:`_stamped` more than ``older_than`` seconds ago: what a
+    run killed before its teardown (SIGTERM, SIGKILL) left on a shared server."""
+    now = time.time()
+    out = []
+    for name in names:
+        match = _STAMPED.search(name)
+        if match is not None and now - int(match.group(1)) > older_than:
+            out.append(name)
+    return out
 
 
 def _url_for_database(url: str, name: str) -> str:
@@ -121,8 +152,8 @@ def _url_for_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def database_template(postgres_url: str) -> Iterator[str]:
     """Name of an empty database, made once per session, that ``database_url`` copies."""
-    name = f"hexinfra_tpl_{uuid.uuid4().hex[:12]}"
-    _admin(postgres_url, f"CREATE DATABASE {_quote_ident(name)} TEMPLATE template0")
+    name = _stamped("hexinfra_tpl_")
+    _admin(postgres_url, f"CREATE DATABASE {_quote_ident(name)} TEMPLATE template0", sweep=True)
     try:
         yield name
     finally:
@@ -132,7 +163,7 @@ def database_template(postgres_url: str) -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_url: str, database_template: str) -> Iterator[str]:
     """URL of a fresh database for this test, copied from the template, dropped after."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    name = _stamped("hexinfra_t_")
     _admin(
         postgres_url,
         f"CREATE DATABASE {_quote_ident(name)} TEMPLATE {_quote_ident(database_template)}",
@@ -172,9 +203,9 @@ def _delete_streams(config: dict[str, str], containing: str) -> None:
         await connection.connect()
         try:
             js = connection.jetstream
-            for info in await js.streams_info():
-                name = info.config.name or ""
-                if containing in name:
+            names = [info.config.name or "" for info in await js.streams_info()]
+            for name in [n for n in names if containing in n] + _left_over(names):
+                with contextlib.suppress(Exception):  # another run may delete it first
                     await js.delete_stream(name)
         finally:
             await connection.close(timeout=5)
@@ -186,8 +217,8 @@ def _delete_streams(config: dict[str, str], containing: str) -> None:
 def events_config(nats_url: str) -> Iterator[dict[str, str]]:
     """``NATS_URL`` with a stream and prefixes of this test's own; its streams are
     deleted after the test."""
-    token = uuid.uuid4().hex[:12]
-    stream = f"T_{token}"
+    stream = _stamped("HEXINFRA_T_")
+    token = stream.rsplit("_", 1)[1]
     config = {
         "NATS_URL": nats_url,
         "SERVICE_NAME": f"test-{token}",

@@ -201,7 +201,7 @@ class TestIsolationFixtures:
         with psycopg.connect(database_url, autocommit=True) as conn:
             row = conn.execute("SELECT current_database()").fetchone()
             assert row is not None
-            assert row[0].startswith("t_")
+            assert row[0].startswith("hexinfra_t_")
             conn.execute("CREATE TABLE mine (run int)")
             conn.execute("INSERT INTO mine VALUES (%s)", (run,))
             assert conn.execute("SELECT count(*) FROM mine").fetchone() == (1,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 USER_TEST = """
@@ -31,3 +33,34 @@ def test_fixtures_use_urls_from_the_environment(
 def test_plugin_is_registered_by_entry_point(pytestconfig: pytest.Config) -> None:
     """The plugin is loaded through the pytest11 entry point named hexinfra."""
     assert pytestconfig.pluginmanager.has_plugin("hexinfra")
+
+
+class TestLeftOvers:
+    """What an interrupted run left on a shared server is recognised by its stamp."""
+
+    def test_only_stamped_names_older_than_the_limit(self) -> None:
+        """Stamped names older than an hour are left-overs; fresh ones, and names
+        hexinfra did not make, never are."""
+        from testing import pytest_plugin
+
+        old = int(time.time()) - 7200
+        fresh = int(time.time()) - 60
+        names = [
+            f"hexinfra_tpl_{old}_0123456789ab",
+            f"hexinfra_t_{old}_0123456789ab",
+            f"HEXINFRA_T_{old}_0123456789ab_DEAD",
+            f"KV_HEXINFRA_T_{old}_0123456789ab_ATTEMPTS",
+            f"hexinfra_t_{fresh}_0123456789ab",
+            "t_0123456789abcdef",
+            "orders",
+            f"app_{old}_0123456789ab",
+        ]
+        assert pytest_plugin._left_over(names) == names[:4]
+
+    def test_stamped_names_carry_the_time(self) -> None:
+        """A new name carries the current time, so a later run can age it."""
+        from testing import pytest_plugin
+
+        name = pytest_plugin._stamped("hexinfra_t_")
+        assert pytest_plugin._left_over([name]) == []
+        assert pytest_plugin._left_over([name], older_than=-1) == [name]
