@@ -90,6 +90,7 @@ import contextlib
 import re
 import select
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Literal, NoReturn, cast
@@ -608,6 +609,12 @@ class PostgresDatabase:
         self._returned_at: dict[int, float] = {}
         self._gate = _Gate(settings.pool_max_size)
         self._spare: list[_DictConn] = []
+        # When each connection we have seen is due for replacement: max_lifetime from
+        # the first time we took it, a little after psycopg_pool's own (jittered) date,
+        # which it keeps in a private attribute we do not read.
+        self._expiry: weakref.WeakKeyDictionary[_DictConn, float] = (
+            weakref.WeakKeyDictionary()
+        )
         """Connections taken from the pool, idle here between two callers under load."""
         self._checks_failed = 0
         self._idle = asyncio.Event()
@@ -820,13 +827,15 @@ class PostgresDatabase:
                 await gate.acquire(timeout)
                 admitted = True
             conn = self._take_spare()
-            if conn is not None and conn._expire_at <= time.monotonic():
+            if conn is not None and self._expiry.get(conn, 0.0) <= time.monotonic():
                 await asyncio.shield(pool.putconn(conn))  # the pool closes and replaces it
                 conn = None
             if conn is None:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             if self._check is not None and not self._glance(conn):
                 conn = await self._checked(pool, conn, self._check, deadline)
+            if conn not in self._expiry:
+                self._expiry[conn] = time.monotonic() + self.settings.max_lifetime
         except psycopg.Error as exc:  # PoolTimeout (gate or pool), PoolClosed, a check
             if admitted:
                 gate.release()
@@ -919,7 +928,7 @@ class PostgresDatabase:
                 and healthy
                 and self._state == "open"
                 and pgconn.transaction_status == _TX_IDLE
-                and conn._expire_at > now
+                and self._expiry.get(conn, 0.0) > now
             ):
                 self._spare.append(conn)
                 return
