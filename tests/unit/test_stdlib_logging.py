@@ -91,12 +91,12 @@ class TestStdlibCapture:
     def test_records_come_out_as_our_json_lines(self) -> None:
         stream = _captured()
         with bind_context(request_id="req-1"):
-            logging.getLogger("psycopg.pool").info(
+            logging.getLogger("thirdparty.pool").info(
                 "connecting to %s", "postgresql://app:hunter2@db/app", extra={"attempt": 2}
             )
         (line,) = _lines(stream)
         assert line["level"] == "info"
-        assert line["logger"] == "psycopg.pool"
+        assert line["logger"] == "thirdparty.pool"
         assert line["service"] == "svc"
         assert line["request_id"] == "req-1"
         assert line["attempt"] == 2
