@@ -1091,3 +1091,47 @@ class PostgresDatabase:
             await block.__aexit__(None, None, None)
         except psycopg.Error as exc:
             raise _map_error(exc, self._where) from exc
+
+    # --- notifications (LISTEN) ------------------------------------------------------
+
+    async def notifications(self, channel: str) -> AsyncIterator[str]:
+        """Payloads of ``NOTIFY channel`` (``pg_notify``) as they arrive, on a dedicated
+        connection outside the pool (a LISTEN must not travel back into it).
+
+        The connection is opened on the first iteration and closed when the iterator
+        ends: its consumer cancelled, ``aclose()``, or this database closing. Raises
+        ``ServiceUnavailable`` when the connection cannot be opened or is lost (a
+        notification sent meanwhile is gone: poll once after reconnecting);
+        ``BadRequest`` for a channel that is not a plain identifier.
+        """
+        from psycopg import sql as pg_sql
+
+        if not isinstance(channel, str) or _CHANNEL.match(channel) is None:
+            raise BadRequest(
+                "notification channel must be 1-63 letters, digits or '_' (not starting "
+                "with a digit)",
+                details={"field": "channel"},
+            )
+        if self._state != "open":
+            raise self._unavailable()
+        try:
+            conn = await AsyncConnection.connect(
+                self.settings.url,
+                connect_timeout=max(1, round(self.settings.connect_timeout)),
+                **self._kwargs,
+            )
+        except psycopg.Error as exc:
+            raise _map_error(exc, self._where) from exc
+        try:
+            await conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(channel)))
+            while self._state == "open":
+                # Wake now and then to notice that the database was closed.
+                async for notify in conn.notifies(timeout=1.0):
+                    yield notify.payload
+        except psycopg.Error as exc:
+            raise _map_error(exc, self._where) from exc
+        finally:
+            await asyncio.shield(conn.close())
+
+
+_CHANNEL: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")

@@ -508,7 +508,33 @@ def _ref_target(sig: Sequence[Tok], i: int) -> tuple[str, int]:
     return parent, _constraint_tail(sig, i)
 
 
-def _column_def(sig: list[Tok], table: Table, names: _Names) -> tuple[str, list[Tok]]:
+_IDENTITY_FORMS: Final = (
+    ["GENERATED", "ALWAYS", "AS", "IDENTITY"],
+    ["GENERATED", "BY", "DEFAULT", "AS", "IDENTITY"],
+)
+
+
+def _identity(sig: list[Tok], i: int, key: str, ctype: ColumnType) -> tuple[str, int]:
+    """``GENERATED {ALWAYS | BY DEFAULT} AS IDENTITY`` on an INTEGER or BIGINT column:
+    a default drawn from a counter of the connection (1, 2, 3...; a rolled-back insert
+    leaves a gap, as a sequence does). Returns the column's SQLite clause and the index
+    after the clause; ``key`` names the counter (``table.column``)."""
+    for form in _IDENTITY_FORMS:
+        if [t.up for t in sig[i : i + len(form)]] == form:
+            break
+    else:
+        raise unsupported("GENERATED columns other than GENERATED ... AS IDENTITY")
+    if ctype.kind not in ("int4", "int8"):
+        raise unsupported(f"an identity column of type {ctype.pg_name}")
+    if i + len(form) < len(sig) and sig[i + len(form)].text == "(":
+        raise unsupported("identity sequence options")
+    quoted = key.replace("'", "''")
+    return f"NOT NULL DEFAULT (hx_identity('{quoted}'))", i + len(form)
+
+
+def _column_def(  # noqa: PLR0912, PLR0915 - one branch per column option
+    sig: list[Tok], table: Table, names: _Names
+) -> tuple[str, list[Tok]]:
     column = ident(sig[0])
     ctype, i = parse_type(sig, 1)
     table.columns[column] = ctype
@@ -541,6 +567,9 @@ def _column_def(sig: list[Tok], table: Table, names: _Names) -> tuple[str, list[
             table.uniques[frozenset({column})] = names.take(wanted, "pkey")
             out.append("NOT NULL PRIMARY KEY")
             i += 2
+        elif word == "GENERATED":
+            clause, i = _identity(sig, i, f"{table.name}.{column}", ctype)
+            out.append(clause)
         elif word == "UNIQUE":
             table.uniques[frozenset({column})] = names.take(wanted, column, "key")
             out.append("UNIQUE")

@@ -461,6 +461,18 @@ def _cast(value: Any, kind: str, precision: int, scale: int) -> Any:
     return canonical(value, kind, precision, scale)
 
 
+def _identity_counter() -> Callable[[str], int]:
+    """``GENERATED ... AS IDENTITY``: one counter per ``table.column`` and connection,
+    not rolled back (a rolled-back insert leaves a gap, as a PostgreSQL sequence does)."""
+    counters: dict[str, int] = {}
+
+    def next_value(key: str) -> int:
+        counters[key] = value = counters.get(key, 0) + 1
+        return value
+
+    return next_value
+
+
 def install(conn: sqlite3.Connection) -> None:
     """Register the converters, collations and functions the fake's SQL relies on."""
     _register_converters()
@@ -471,6 +483,7 @@ def install(conn: sqlite3.Connection) -> None:
     conn.create_function("hx_canon", 4, canonical, deterministic=True)
     conn.create_function("hx_cast", 4, _cast, deterministic=True)
     conn.create_function("hx_now", 0, _now)
+    conn.create_function("hx_identity", 1, _identity_counter())
     conn.create_aggregate("hx_sum_exact", 1, _ExactSum)  # type: ignore[arg-type]
 
 
