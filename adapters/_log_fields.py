@@ -20,6 +20,7 @@ from ports.logger import LEVELS, REDACTED, RESERVED_FIELDS
 from .redaction import (
     MAX_DEPTH,
     TRUNCATED,
+    ValueBudget,
     is_secret_name,
     redact_error_text,
     redact_text,
@@ -103,8 +104,12 @@ clean_value = redact_value
 
 
 def merge_fields(target: dict[str, Any], fields: Mapping[str, Any]) -> None:
-    """Add ``fields`` to ``target``: reserved names as ``tag_<name>``, secrets redacted."""
+    """Add ``fields`` to ``target``: reserved names as ``tag_<name>``, secrets redacted.
+
+    The structured values among ``fields`` share one :class:`ValueBudget` (cycles and
+    oversized structures are cut to ``"[...]"``, ADR 0026)."""
     kinds = _kinds
+    budget: ValueBudget | None = None
     for key, value in fields.items():
         kind = kinds.get(key)
         if kind is None:
@@ -130,11 +135,15 @@ def merge_fields(target: dict[str, Any], fields: Mapping[str, Any]) -> None:
             elif cls is int or cls is float or cls is bool or value is None:
                 target[key] = value
             else:
-                target[key] = clean_value(value)
+                if budget is None:
+                    budget = ValueBudget()
+                target[key] = clean_value(value, budget)
         elif kind == SECRET:
             target[key] = REDACTED
         else:
-            target[f"tag_{key}"] = clean_value(value)
+            if budget is None:
+                budget = ValueBudget()
+            target[f"tag_{key}"] = clean_value(value, budget)
 
 
 def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,12 @@ and the database error mapping (SQLite here; PostgreSQL in tests/integration).""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import enum
 import io
 import json
+import time
 from typing import Any
 
 import attrs
@@ -16,7 +19,12 @@ from adapters._event_rules import describe
 from adapters.asgi import DomainErrorMiddleware, RequestContextMiddleware
 from adapters.memory import SqliteDatabase
 from adapters.redaction import (
+    CUT,
+    MAX_TEXT,
     REDACTED,
+    TRUNCATED,
+    USERINFO_WINDOW,
+    ValueBudget,
     is_secret_name,
     redact_error_text,
     redact_headers,
@@ -194,6 +202,152 @@ class TestValues:
                 raise RuntimeError(S)
 
         assert safe_str(Bad()) == "<Bad: str() failed>"
+
+
+# Adversarial texts of about 10 kB, one or more per pattern family: each once took
+# seconds to hours (exponential or quadratic backtracking).
+_N = 10_000
+ADVERSARIAL = {
+    "quoted value, backslashes": 'password="' + "\\" * _N,
+    "quoted value, escaped backslashes in a repr": "password=\\'" + "\\" * _N,
+    "quoted value, escaped quotes": 'secret="' + '\\"' * (_N // 2),
+    "quoted value, opening quotes": 'password="' + "password='" * (_N // 10),
+    "names": "password" * (_N // 8) + " =",
+    "names and spaces": "passwordx " * (_N // 10) + "=",
+    "name, spaces": "token:" + " " * _N + '"',
+    "url passwords": "http://u:" * (_N // 9),
+    "url, no @": "x http://u:" + "a" * _N,
+    "url, @s": "http://u:" + "@" * _N,
+    "url tokens": "nats://a" * (_N // 8),
+    "url token run": "nats://" + "a" * _N,
+    "scheme run": "a" * _N + "://",
+    "cookie": "cookie:" * (_N // 7),
+    "cookie, spaces": "cookie=" + " " * _N + "'",
+    "bearer": "bearer " * (_N // 7),
+    "bearer, spaces": "bearer" + " " * _N + ":",
+    "basic": "basic " + "a" * _N + " :",
+    "detail, newlines": "DETAIL:" + "\n" * _N + "x",
+    "detail, spaces": "\n" + " " * _N + "DETAILx",
+    "key equals": "Key (" * (_N // 5),
+    "key equals, open": "Key (a)=" * (_N // 8),
+    "invalid input": "invalid input syntax for type x " * (_N // 32),
+    "quoted input": 'value "' * (_N // 7),
+    "parameter": "$1 = '" + "a" * _N,
+    "parameters": "$1 = " * (_N // 5) + "'",
+}
+
+
+class TestLinearTime:
+    """Every pattern is linear: adversarial input cannot stall a request (ADR 0026)."""
+
+    @pytest.mark.parametrize("text", list(ADVERSARIAL.values()), ids=list(ADVERSARIAL))
+    def test_adversarial_text_is_redacted_fast(self, text: str) -> None:
+        for redact in (redact_text, redact_error_text):
+            start = time.perf_counter()
+            redact(text)
+            assert time.perf_counter() - start < 0.5  # about 1 ms each here
+
+    def test_a_megabyte_of_minified_json_with_urls(self) -> None:
+        """Many URLs in one whitespace-free run (16k URLs took 52 s)."""
+        blob = json.dumps(
+            [
+                {"id": i, "url": f"http://svc:8080/items/{i}", "db": f"postgresql://a:{S}@h/{i}"}
+                for i in range(20_000)
+            ],
+            separators=(",", ":"),
+        )
+        assert len(blob) > 1_000_000
+        start = time.perf_counter()
+        out = redact_text(blob)
+        assert time.perf_counter() - start < 1.0
+        assert S not in out
+        assert out.endswith(CUT)
+        assert len(out) <= MAX_TEXT
+
+    def test_a_long_text_is_cut_after_redaction(self) -> None:
+        """A secret crossing the cut is hidden whole, not left half."""
+        url = f"postgresql://app:{S}@db/x"
+        for at in range(MAX_TEXT - 80, MAX_TEXT + 20, 7):
+            text = "x" * at + " " + url + " " + "y" * 2000
+            out = redact_text(text)
+            assert out.endswith(CUT), at
+            assert "s3cr3t" not in out, at
+            assert "V4lue" not in out, at
+        assert redact_text("y" * (MAX_TEXT + 5)) == "y" * (MAX_TEXT + 5)  # nothing to hide
+
+    def test_url_passwords_with_at_and_slash(self) -> None:
+        """A password holding '@' or '/' is hidden whole, however long (past the window
+        too), and the password search stops at whitespace."""
+        for password in (f"p@ss/{S}", f"{S}" * 40, f"{S}/" * 40 + "@x"):
+            out = redact_text(f"dsn postgresql://app:{password}@db:5432/x and more")
+            assert out == "dsn postgresql://app:[REDACTED]@db:5432/x and more", password
+        assert len(S * 40) > USERINFO_WINDOW
+        assert redact_text("http://h:8080/x mail a@b") == "http://h:8080/x mail a@b"
+
+
+class Dsn(str):
+    """A typed settings value: orjson writes str subclasses untouched."""
+
+
+class Target(enum.StrEnum):
+    PRIMARY = f"postgresql://app:{S}@db/prod"
+
+
+class Hosts(list[str]):
+    pass
+
+
+class TestSubclassesAndCycles:
+    """str / list subclasses are redacted; cycles and repeated sharing stay small."""
+
+    def test_str_and_list_subclasses_in_tags(self) -> None:
+        stream = io.BytesIO()
+        log = StructlogLogger(service="t", stream=stream)
+        pair = collections.namedtuple("pair", "user password")
+        log.info(
+            "connecting",
+            dsn=Dsn(f"postgresql://app:{S}@db/prod"),
+            target=Target.PRIMARY,
+            hosts=Hosts([f"postgresql://app:{S}@db/prod"]),
+            nested={"dsn": Dsn(f"password={S}"), "queue": collections.deque([f"token={S}"])},
+            login=pair("app", S),
+        )
+        log.info(Dsn(f"password={S}"))
+        text = stream.getvalue().decode()
+        assert S not in text
+        line = json.loads(text.splitlines()[0])
+        assert line["dsn"] == "postgresql://app:[REDACTED]@db/prod"
+        assert line["target"] == "postgresql://app:[REDACTED]@db/prod"
+        assert line["login"] == {"user": "app", "password": REDACTED}
+        assert type(redact_value(Dsn("x"))) is str
+        assert type(redact_value(Hosts(["x"]))) is list
+
+    def test_cycles_are_cut_where_they_close(self) -> None:
+        """A dict holding itself three times (137 s and a 710 MB line before)."""
+        state: dict[str, Any] = {}
+        for i in range(3):
+            state[f"k{i}"] = state
+        stream = io.BytesIO()
+        start = time.perf_counter()
+        StructlogLogger(service="t", stream=stream).info("x", state=state)
+        assert time.perf_counter() - start < 0.5
+        line = json.loads(stream.getvalue())
+        assert line["state"] == {"k0": TRUNCATED, "k1": TRUNCATED, "k2": TRUNCATED}
+
+    def test_shared_structures_stay_within_the_budget(self) -> None:
+        """No cycle, but 3**30 paths: the budget cuts it, and is shared by the tags."""
+        shared: list[Any] = [S]
+        for _ in range(30):
+            shared = [shared, shared, shared]
+        stream = io.BytesIO()
+        start = time.perf_counter()
+        StructlogLogger(service="t", stream=stream).info("x", a=shared, b=shared)
+        assert time.perf_counter() - start < 0.5
+        assert len(stream.getvalue()) < 200_000
+        assert TRUNCATED in json.loads(stream.getvalue())["b"]
+        budget = ValueBudget(nodes=10, chars=100)
+        assert redact_value(list(range(50)), budget)[-1] == TRUNCATED
+        assert redact_value(["x" * 60, "y" * 60], ValueBudget(chars=100)) == ["x" * 60, TRUNCATED]
 
 
 class Unprintable(Exception):
