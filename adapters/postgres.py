@@ -125,7 +125,7 @@ from ports.database import Params, Row, Transaction
 from ports.logger import REDACTED, Logger
 
 from ._config_base import DAY, HOUR, MINUTE, NumberRule, check_number
-from .redaction import redact_error_text, safe_str
+from .redaction import redact_error_text, redact_text, safe_str
 
 __all__ = ["PostgresSettings", "PostgresDatabase", "PoolCheck", "redact_url"]
 
@@ -140,15 +140,31 @@ wait starts a fresh attempt. psycopg's default (300 s) lets the backoff grow so 
 that callers time out well after the server is back."""
 _SQL_LOG_LIMIT: Final = 2000
 
-_URL_PASSWORD = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
-_KV_PASSWORD = re.compile(
-    r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^&\s]+)", re.IGNORECASE
-)
+redact_url: Final = redact_text
+"""``url`` with its password and any secret parameter hidden: the one redaction
+(:func:`adapters.redaction.redact_text`, ADR 0026), kept under this name for importers."""
+_PORTS: Final = re.compile(r"[0-9,]*")
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (URL and ``key=value`` forms)."""
-    return _KV_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***\g<at>", url))
+def _where_of(info: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``host:port/dbname`` for messages and log lines, from libpq's parse of the URL:
+    only those three, and ``?`` for one that a password with an unencoded ``@`` or
+    ``/`` has spilled into (libpq then reads part of it as the host, port or dbname);
+    and the texts so hidden (to hide them in driver errors too)."""
+    host = str(info.get("host") or "localhost")
+    port = str(info.get("port") or 5432)
+    dbname = str(info.get("dbname") or info.get("user") or "")
+    spilled = []
+    if "@" in host:
+        spilled.append(host)
+        host = "?"
+    if _PORTS.fullmatch(port) is None:
+        spilled.append(port)
+        port = "?"
+    if "@" in dbname or "/" in dbname:
+        spilled.append(dbname)
+        dbname = "?"
+    return f"{host}:{port}/{dbname}", spilled
 
 
 _TIMEOUT: Final = NumberRule(0, HOUR, low_open=True)
@@ -282,18 +298,22 @@ _CONFLICT_MESSAGES: Final = {
 }
 # From the first quote to the last: PostgreSQL does not escape quotes inside a value.
 _QUOTED: Final = re.compile(r'"[^\n]*"')
+# The names the server reports beside a message (details key, diag attribute).
+_NAME_FIELDS: Final = (
+    ("constraint", "constraint_name"),
+    ("table", "table_name"),
+    ("column", "column_name"),
+    ("datatype", "datatype_name"),
+)
+# PL/pgSQL RAISE and ASSERT: the message is whatever the function wrote.
+_USER_RAISED: Final = ("P0001", "P0004")
 
 
 def _operator_details(diag: Any, sqlstate: str) -> dict[str, str]:
     """SQLSTATE and the names (constraint, table, column, type) the server reported:
     for operators' logs, never a client body (``public_details=False``)."""
     details = {"sqlstate": sqlstate}
-    for key, field in (
-        ("constraint", "constraint_name"),
-        ("table", "table_name"),
-        ("column", "column_name"),
-        ("datatype", "datatype_name"),
-    ):
+    for key, field in _NAME_FIELDS:
         value = getattr(diag, field, None)
         if value:
             details[key] = str(value)
@@ -304,17 +324,26 @@ def _withhold_row_values(exc: Exception, sqlstate: str) -> None:
     """Rewrite ``exc``'s message (what ``str()`` and every rendered stack show) without
     the row and parameter values PostgreSQL quotes: the ``DETAIL`` (``Failing row
     contains (...)``, ``Key (email)=(...)``) and ``CONTEXT`` (``unnamed portal
-    parameter $1 = '...'``) lines are dropped, and in a data exception (class 22:
-    ``invalid input syntax for type bigint: "..."``) every quoted text of the primary
-    message is replaced. The SQLSTATE is added; ``exc.diag`` keeps the server's full
-    report for a debugger. ADR 0026."""
-    diag = getattr(exc, "diag", None)
-    primary = str(getattr(diag, "message_primary", None) or "")
-    if not primary:
-        primary = safe_str(exc).split("\n", 1)[0]
-    if sqlstate.startswith("22"):
-        primary = _QUOTED.sub(f'"{REDACTED}"', primary)
-    text = f"{redact_error_text(primary)} (SQLSTATE {sqlstate}; row values withheld)"
+    parameter $1 = '...'``) lines are dropped, and the quoted text of the primary
+    message is replaced, whatever the SQLSTATE (``invalid input syntax for type bigint:
+    "..."``, ``syntax error in tsquery: "..."``, ``relation "..." does not exist`` when
+    a parameter was used as a name), unless every quoted text is a name ``diag``
+    reports (constraint, table, column, type: those are also in the domain
+    error's ``details``). A message raised by PL/pgSQL (``RAISE``: P0001, ``ASSERT``: P0004)
+    may carry anything and is dropped whole. The SQLSTATE is added; ``exc.diag`` keeps
+    the server's full report for a debugger. ADR 0026."""
+    if sqlstate in _USER_RAISED:
+        text = f"raised by PL/pgSQL, message withheld (SQLSTATE {sqlstate})"
+    else:
+        diag = getattr(exc, "diag", None)
+        primary = str(getattr(diag, "message_primary", None) or "")
+        if not primary:
+            primary = safe_str(exc).split("\n", 1)[0]
+        parts = primary.split('"')
+        names = {str(getattr(diag, field, None) or "") for _, field in _NAME_FIELDS}
+        if len(parts) % 2 == 0 or any(part not in names for part in parts[1::2]):
+            primary = _QUOTED.sub(f'"{REDACTED}"', primary)  # not only names quoted
+        text = f"{redact_error_text(primary)} (SQLSTATE {sqlstate}; row values withheld)"
     with contextlib.suppress(Exception):
         exc.args = (text,)
 
@@ -579,11 +608,9 @@ class PostgresDatabase:
                 "url (DATABASE_URL) is not a valid PostgreSQL URL or conninfo string",
                 details={"key": "DATABASE_URL"},
             ) from None
-        self._password = str(info.get("password") or "")
-        self._where = (
-            f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
-            f"/{info.get('dbname') or info.get('user') or ''}"
-        )
+        self._where, spilled = _where_of(info)
+        # Texts a driver error may quote that hold (part of) the password.
+        self._hidden = [text for text in (str(info.get("password") or ""), *spilled) if text]
         options = str(info.get("options") or "")
         if settings.statement_timeout_ms is not None:
             options = f"{options} -c statement_timeout={settings.statement_timeout_ms}".strip()
@@ -728,11 +755,18 @@ class PostgresDatabase:
         )
 
     def _reason(self, exc: BaseException) -> str:
-        """The first line of a driver error, with the password removed if present."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return redact_url(text)[:300]
+        """The first line of a driver error, without the password or the parts of the
+        URL it spilled into (:func:`_where_of`). The error's own message is rewritten
+        the same way: it is chained as the cause and rendered in logged stacks."""
+        text = safe_str(exc)
+        scrubbed = text
+        for hidden in self._hidden:
+            scrubbed = scrubbed.replace(hidden, REDACTED)
+        if scrubbed != text:
+            with contextlib.suppress(Exception):
+                exc.args = (scrubbed,)
+        first = scrubbed.strip().splitlines()[0] if scrubbed.strip() else type(exc).__name__
+        return redact_text(first)[:300]
 
     async def health_check(self) -> None:
         """``SELECT 1`` within ``health_timeout``; ``ServiceUnavailable`` otherwise."""

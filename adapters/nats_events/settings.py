@@ -9,6 +9,7 @@ from typing import Any, Final, Literal, cast
 import attrs
 
 from adapters._config_base import DAY, HOUR, MINUTE, NumberRule, check_number
+from adapters.redaction import redact_text
 from domain_errors import ConfigurationError
 from ports.config import ConfigSource
 
@@ -16,8 +17,6 @@ __all__ = ["NatsSettings", "redact_url"]
 
 _STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_URL_PASSWORD: Final = re.compile(r"(?P<head>://[^:/?#@\s]*:)[^@/\s]*(?P<at>@)")
-_URL_TOKEN: Final = re.compile(r"(?P<head>://)[^:/?#@\s]+(?P<at>@)")
 _NOT_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_-]")
 # JetStream accepts names up to 255 characters (JSMaxNameLen) and stores a consumer
 # in a directory of that name: stay well under both.
@@ -57,9 +56,9 @@ _RULES: Final = {
 _KEYS: Final = {field: key for field, (key, _) in _RULES.items()}
 
 
-def redact_url(url: str) -> str:
-    """``url`` with a password or token replaced by ``***``."""
-    return _URL_TOKEN.sub(r"\g<head>***\g<at>", _URL_PASSWORD.sub(r"\g<head>***\g<at>", url))
+redact_url: Final = redact_text
+"""``url`` with its password, token and any secret parameter hidden: the one redaction
+(:func:`adapters.redaction.redact_text`, ADR 0026), kept under this name for importers."""
 
 
 def _check_name(value: str, key: str, pattern: re.Pattern[str]) -> str:

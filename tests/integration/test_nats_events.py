@@ -129,7 +129,14 @@ class TestSettings:
         """The settings repr and redact_url hide passwords and tokens."""
         s = NatsSettings(url="nats://user:s3cret@host:4222")
         assert "s3cret" not in repr(s)
-        assert redact_url("nats://tok3n@host:1") == "nats://***@host:1"
+        assert redact_url("nats://tok3n@host:1") == "nats://[REDACTED]@host:1"
+        for url in (
+            "nats://p@sss3cret@host:1",  # a token holding "@"
+            "nats://u:p@ss/s3cret@h",
+            "nats://h:1?token=s3cret",
+        ):
+            assert "s3cret" not in repr(NatsSettings(url=url))
+            assert "s3cret" not in redact_url(url)
 
 
 class TestConnecting:

@@ -163,6 +163,49 @@ class TestPostgres:
         assert f"{table}_token_key" in out.split("}", 1)[1]  # in the log, after the body
         assert f"{table}_token_key" not in out.split("}", 1)[0]
 
+    async def test_values_quoted_outside_data_exceptions_are_withheld(
+        self, pg: PostgresDatabase
+    ) -> None:
+        """Not only class 22 quotes values: a tsquery syntax error (42601), a parameter
+        used as a name (42P01, 42704) and a trigger's RAISE (P0001, message dropped)."""
+        n = next(_tables)
+        table, function = f"leak_pg_{n}", f"leak_pg_raise_{n}"
+        await pg.execute(
+            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'bad card %%', NEW.s; END $$"
+        )
+        await pg.execute(f"CREATE TABLE {table} (s TEXT)")
+        await pg.execute(
+            f"CREATE TRIGGER {table}_raise BEFORE INSERT ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION {function}()"
+        )
+        statements = {
+            "42601": ("SELECT to_tsquery(%s)", (f"{SECRET} {SECRET}",)),
+            "42P01": ("SELECT %s::text::regclass", (SECRET,)),
+            "42704": ("SELECT set_config(%s, 'x', false)", (SECRET,)),
+            "P0001": (f"INSERT INTO {table} VALUES (%s)", (SECRET,)),
+        }
+        errors: dict[str, DomainError] = {}
+        try:
+            for name, (sql, params) in statements.items():
+                try:
+                    await pg.fetch_all(sql, params)
+                except DomainError as exc:
+                    errors[name] = exc
+        finally:
+            await pg.execute(f"DROP TABLE IF EXISTS {table}")
+            await pg.execute(f"DROP FUNCTION IF EXISTS {function}()")
+        assert set(errors) == set(statements)
+        for sqlstate, error in errors.items():
+            out = _outputs(error) + await _http_body(error)
+            assert "9fQ2x7Kp" not in out, sqlstate
+            cause = error.__cause__
+            assert isinstance(cause, psycopg.Error), sqlstate
+            assert cause.sqlstate == error.details["sqlstate"] == sqlstate
+            assert "9fQ2x7Kp" not in str(cause), sqlstate
+            assert sqlstate in str(cause)  # the SQLSTATE stays for operators
+        assert "bad card" not in str(errors["P0001"].__cause__)  # user-raised: dropped
+
 
 class TestSqlite:
     async def test_no_row_value_leaves(self, sqlite: SqliteDatabase) -> None:

@@ -58,20 +58,50 @@ class TestSettings:
         """The settings' repr shows the URL with its password masked."""
         text = repr(PostgresSettings(url=URL))
         assert "pw@" not in text
-        assert "app:***@db.internal" in text
+        assert "app:[REDACTED]@db.internal" in text
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://app:p@ssSECRET@127.0.0.1:1/db",  # libpq: host "ssSECRET@127.0.0.1"
+            "postgresql://app:ab/cdSECRET@127.0.0.1:1/db",  # port "ab", dbname "cdSECRET@..."
+            "postgresql://app:SECRET@127.0.0.1:1/db?sslpassword=SECRET",
+            "host=127.0.0.1 port=1 password='a bSECRET' dbname=db",
+        ],
+    )
+    async def test_a_password_with_at_or_slash_never_shows(self, url: str) -> None:
+        """Settings and database reprs, the retry log lines and the connect error (its
+        chained driver error included) hide a password holding '@' or '/'."""
+        settings = PostgresSettings(
+            url=url, connect_retries=2, connect_backoff=0.01, connect_timeout=1
+        )
+        logger = RecordingLogger()
+        db = PostgresDatabase(settings, logger)
+        assert "SECRET" not in repr(settings)
+        assert "SECRET" not in repr(db)
+        with pytest.raises(ServiceUnavailable) as caught:
+            await db.connect()
+        logger.error("start failed", exc=caught.value)
+        lines = [r.to_dict() for r in logger.records]
+        assert any(r["message"] == "database not reachable, retrying" for r in lines)
+        assert "SECRET" not in repr(lines)
+        assert "SECRET" not in str(caught.value)
+        assert "SECRET" not in str(caught.value.__cause__)
 
 
 class TestRedactUrl:
-    """redact_url masks passwords in URLs and key=value strings."""
+    """redact_url (the one redaction, adapters.redaction.redact_text) masks passwords in
+    URLs and key=value strings."""
 
     @pytest.mark.parametrize(
         ("url", "expected"),
         [
-            ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
-            ("postgresql://u@h/db", "postgresql://u@h/db"),
-            ("postgresql://h/db?password=secret&x=1", "postgresql://h/db?password=***&x=1"),
-            ("host=h password=secret user=u", "host=h password=*** user=u"),
-            ("host=h password='se cret' user=u", "host=h password=*** user=u"),
+            ("postgresql://u:secret@h/db", "postgresql://u:[REDACTED]@h/db"),
+            ("postgresql://u:se@c/ret@h/db", "postgresql://u:[REDACTED]@h/db"),
+            ("postgresql://u@h/db", "postgresql://[REDACTED]@h/db"),  # read as a token
+            ("postgresql://h/db?password=secret&x=1", "postgresql://h/db?password=[REDACTED]&x=1"),
+            ("host=h password=secret user=u", "host=h password=[REDACTED] user=u"),
+            ("host=h password='se cret' user=u", "host=h password='[REDACTED]' user=u"),
         ],
     )
     def test_examples(self, url: str, expected: str):
