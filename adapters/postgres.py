@@ -639,9 +639,7 @@ class PostgresDatabase:
         # When each connection we have seen is due for replacement: max_lifetime from
         # the first time we took it, a little after psycopg_pool's own (jittered) date,
         # which it keeps in a private attribute we do not read.
-        self._expiry: weakref.WeakKeyDictionary[_DictConn, float] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._expiry: weakref.WeakKeyDictionary[_DictConn, float] = weakref.WeakKeyDictionary()
         """Connections taken from the pool, idle here between two callers under load."""
         self._checks_failed = 0
         self._idle = asyncio.Event()
