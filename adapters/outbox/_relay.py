@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
+import orjson
+
+from adapters.event_codec import trusted_event
 from domain_errors import BadRequest, DomainError
 from ports.clock import Clock, SystemClock
 from ports.context import bind_context
@@ -42,14 +45,22 @@ def _in_list(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # a lone surrogate, which orjson refuses and json keeps
+        return json.loads(text)
+
+
 def _event(row: Row) -> Event:
-    return Event(
-        id=row["event_id"],
-        type=row["event_type"],
-        source=row["source"],
-        organization_id=row["organization_id"],
+    # The row was written from a checked Event: rebuild it without checking again.
+    return trusted_event(
+        row["event_type"],
+        row["source"],
+        row["organization_id"],
+        row["event_id"],
+        data=_loads(row["data"]),
         timestamp=row["occurred_at"],
-        data=json.loads(row["data"]),
     )
 
 
