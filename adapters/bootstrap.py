@@ -4,11 +4,12 @@
 
     config = EnvConfig()
     infra = build_infrastructure(config)      # no I/O yet
-    async with infra:                         # connects database, then events
-        await infra.database.fetch_value("SELECT 1")
-        await infra.publisher.publish(event)
+    async with infra:                         # connects database, events, outbox relay
+        async with infra.database.transaction() as tx:
+            await tx.execute("INSERT ...")
+            await infra.outbox.add(tx, event)  # published once tx commits
         print(await infra.health())
-    # closed in reverse order, also when a connect failed half way
+    # closed in reverse order (relay first), also when a connect failed half way
 
 ``INFRA_ADAPTERS`` chooses ``memory`` (SqliteDatabase + InMemoryEventBus) or ``real``
 (PostgresDatabase + NATS JetStream); anything else is a ``ConfigurationError`` naming
@@ -27,6 +28,21 @@ the infrastructure connects (data is lost at restart) and ``health()`` reports t
 mode. Every numeric setting of the chosen adapters is checked when they are built
 (ADR 0025). The real adapters' modules are imported only in ``real`` mode, so a
 memory-mode service never loads psycopg or nats.
+
+The outbox (ADR 0030): ``infra.outbox`` is an :class:`adapters.outbox.SqlOutbox` on
+``infra.database``. With ``EVENTS_OUTBOX`` true (a boolean word; the default, in both
+modes, so a service behaves the same in memory), connecting also installs the outbox
+and inbox tables (:func:`adapters.outbox.install`, namespace ``hexinfra``) and starts
+``infra.relay`` (an :class:`adapters.outbox.OutboxRelay` from ``infra.database`` to
+``infra.publisher``) as the last component; closing stops it first, before the
+publisher and the database close. ``EVENTS_OUTBOX_POLL_S`` is its polling interval
+(1.0 s on PostgreSQL, where LISTEN/NOTIFY wakes it at each commit; 0.05 s on the
+SQLite fake, which has no NOTIFY). ``health()`` reports it as component ``outbox``
+with ``lag_s`` (the oldest unsent row's age) and ``published``: down when the relay
+is not running or ``lag_s`` exceeds ``EVENTS_OUTBOX_MAX_LAG_S`` (60 s; events have
+not been reaching the broker for that long). With ``EVENTS_OUTBOX`` false, nothing
+is installed or started and ``infra.relay`` is ``None`` (a relay may run elsewhere:
+``infra.outbox`` still writes rows once the tables exist).
 """
 
 from __future__ import annotations
@@ -39,12 +55,15 @@ from typing import Any, Final, Literal, Protocol, Self
 
 import attrs
 
-from domain_errors import ConfigurationError, DomainError
+from domain_errors import ConfigurationError, DomainError, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
 from ports.database import Database
 from ports.events import Publisher, Subscriber
 from ports.logger import Logger
+
+from ._config_base import DAY, HOUR, NumberRule, check_number
+from .outbox import OutboxRelay, SqlOutbox, install
 
 __all__ = [
     "Infrastructure",
@@ -58,33 +77,87 @@ Mode = Literal["memory", "real"]
 
 _URLS: Final = ("DATABASE_URL", "NATS_URL")
 _PRODUCTION: Final = frozenset({"production", "prod"})
+_OUTBOX_POLL: Final = NumberRule(0.001, HOUR)
+_OUTBOX_MAX_LAG: Final = NumberRule(0.0, DAY, low_open=True)
 
 
 class _Component(Protocol):
     async def connect(self) -> None: ...
 
-    async def health_check(self) -> None: ...
+    async def health_check(self) -> object: ...
 
     async def close(self, timeout: float = ...) -> None: ...
 
 
+class _Unhealthy(ServiceUnavailable):
+    """A failed health check that still has figures to report (``report``)."""
+
+    def __init__(self, message: str, report: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.report = dict(report)
+
+
+class _RelayComponent:
+    """The outbox relay as the last component: ``connect`` installs the outbox and
+    inbox tables and starts the relay, ``close`` stops it (before the publisher and
+    the database close), ``health_check`` returns its figures."""
+
+    def __init__(
+        self,
+        relay: OutboxRelay,
+        database: Database,
+        *,
+        logger: Logger,
+        clock: Clock,
+        max_lag: float,
+    ) -> None:
+        self.relay = relay
+        self._database = database
+        self._logger = logger
+        self._clock = clock
+        self.max_lag = max_lag
+
+    async def connect(self) -> None:
+        await install(self._database, logger=self._logger, clock=self._clock)
+        await self.relay.start()
+
+    async def health_check(self) -> Mapping[str, Any]:
+        report = {
+            "lag_s": round(await self.relay.lag(), 3),
+            "max_lag_s": self.max_lag,
+            "published": self.relay.published,
+        }
+        if not self.relay.running:
+            raise _Unhealthy("the outbox relay is not running", report)
+        if report["lag_s"] > self.max_lag:
+            raise _Unhealthy("the outbox relay lags behind", report)
+        return report
+
+    async def close(self, timeout: float = 10.0) -> None:
+        await self.relay.stop(timeout)
+
+
 @attrs.frozen
 class ComponentHealth:
-    """One component's health: ``ok`` and how long the check took."""
+    """One component's health: ``ok``, how long the check took, and the figures a
+    component reports (``details``: the outbox relay's ``lag_s``, ``published``)."""
 
     name: str
     ok: bool
     latency_ms: float
     error: str | None = None
+    details: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON shape: ``{"status": "ok"|"down", "latency_ms", "error"?}``."""
+        """JSON shape: ``{"status": "ok"|"down", "latency_ms", "error"?, ...details}``."""
         body: dict[str, Any] = {
             "status": "ok" if self.ok else "down",
             "latency_ms": round(self.latency_ms, 2),
         }
         if self.error is not None:
             body["error"] = self.error
+        if self.details:
+            body.update({k: v for k, v in self.details.items() if k not in body})
         return body
 
 
@@ -113,9 +186,10 @@ class HealthReport:
 class Infrastructure:
     """The adapters of one service, connected and closed together.
 
-    ``async with infra`` connects the components in order (database, then events)
-    and closes them in reverse on exit. If a connect fails, the components already
-    connected are closed before the error propagates: nothing is left open.
+    ``async with infra`` connects the components in order (database, events, then
+    the outbox relay when ``relay`` is set) and closes them in reverse on exit. If a
+    connect fails, the components already connected are closed before the error
+    propagates: nothing is left open.
     Closing is idempotent and never raises; a component that fails to close is
     logged at ``error``.
     """
@@ -127,6 +201,13 @@ class Infrastructure:
     publisher: Publisher
     subscriber: Subscriber
     mode: Mode
+    outbox: SqlOutbox = attrs.field(
+        default=attrs.Factory(lambda self: SqlOutbox(self.database), takes_self=True)
+    )
+    """Writes events in the caller's transaction (:class:`ports.outbox.Outbox`)."""
+    relay: OutboxRelay | None = None
+    """The relay publishing the outbox, run as component ``outbox`` (``EVENTS_OUTBOX``);
+    ``None`` when off."""
     reason: str = ""
     """Why this mode was chosen (``INFRA_ADAPTERS=memory``, ``no DATABASE_URL or
     NATS_URL``...), logged at start."""
@@ -176,17 +257,22 @@ class Infrastructure:
 
     async def _check(self, name: str, component: _Component) -> ComponentHealth:
         began = time.perf_counter()
+        details: Mapping[str, Any] | None = None
         try:
-            await asyncio.wait_for(component.health_check(), self.health_timeout)
+            result = await asyncio.wait_for(component.health_check(), self.health_timeout)
         except TimeoutError:
             error: str | None = f"no answer within {self.health_timeout:g} s"
+        except _Unhealthy as exc:
+            error, details = exc.code, exc.report
         except DomainError as exc:
             error = exc.code
         except Exception as exc:
             error = type(exc).__name__
         else:
             error = None
-        return ComponentHealth(name, error is None, (time.perf_counter() - began) * 1000, error)
+            details = result if isinstance(result, Mapping) else None
+        elapsed = (time.perf_counter() - began) * 1000
+        return ComponentHealth(name, error is None, elapsed, error, details)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -273,7 +359,8 @@ def build_infrastructure(
     logger defaults to :func:`adapters.structlog_logger.configure_logging`
     (``SERVICE_NAME``, ``LOG_LEVEL``, ``LOG_FORMAT``), the clock to the system
     clock. In ``real`` mode ``DATABASE_URL`` and ``NATS_URL`` are validated up
-    front, naming every missing key in one ``ConfigurationError``.
+    front, naming every missing key in one ``ConfigurationError``. ``EVENTS_OUTBOX``
+    (default true) adds the outbox relay (see the module docstring).
     """
     if memory is None:
         mode, reason = _choose(config)
@@ -305,6 +392,9 @@ def build_infrastructure(
         database = postgres
         publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
         components = [("database", postgres), ("events", connection)]
+    relay = _relay(config, mode, database=database, publisher=publisher, logger=logger, clock=clock)
+    if relay is not None:
+        components.append(("outbox", relay))
     return Infrastructure(
         config=config,
         logger=logger,
@@ -313,6 +403,28 @@ def build_infrastructure(
         publisher=publisher,
         subscriber=subscriber,
         mode=mode,
+        outbox=SqlOutbox(database, clock=clock),
+        relay=None if relay is None else relay.relay,
         reason=reason,
         components=components,
     )
+
+
+def _relay(
+    config: ConfigSource,
+    mode: Mode,
+    *,
+    database: Database,
+    publisher: Publisher,
+    logger: Logger,
+    clock: Clock,
+) -> _RelayComponent | None:
+    """The outbox relay component, or ``None`` when ``EVENTS_OUTBOX`` is false."""
+    if not config.get_bool("EVENTS_OUTBOX", True):
+        return None
+    poll = config.get_float("EVENTS_OUTBOX_POLL_S", 1.0 if mode == "real" else 0.05)
+    check_number("EVENTS_OUTBOX_POLL_S", poll, _OUTBOX_POLL)
+    max_lag = config.get_float("EVENTS_OUTBOX_MAX_LAG_S", 60.0)
+    check_number("EVENTS_OUTBOX_MAX_LAG_S", max_lag, _OUTBOX_MAX_LAG)
+    relay = OutboxRelay(database, publisher, logger=logger, clock=clock, poll_interval=poll)
+    return _RelayComponent(relay, database, logger=logger, clock=clock, max_lag=max_lag)

@@ -9,9 +9,11 @@ import pytest
 from adapters.bootstrap import Infrastructure, adapter_mode, build_infrastructure
 from adapters.env_config import EnvConfig
 from adapters.memory import InMemoryConfig, InMemoryEventBus, SqliteDatabase
+from adapters.outbox import OutboxRelay, SqlOutbox
 from domain_errors import ConfigurationError, ServiceUnavailable
 from ports import Event
 from testing.fakes import FakeClock, RecordingLogger
+from tests.helpers import wait_until
 
 
 class Part:
@@ -169,7 +171,7 @@ class TestLifecycle:
             assert ack.sequence == 1
             report = await infra.health()
             assert report.healthy
-            assert set(report.to_dict()["components"]) == {"database", "events"}
+            assert set(report.to_dict()["components"]) == {"database", "events", "outbox"}
         log.assert_logged("infrastructure connected", mode="memory")
         assert report.mode == "memory"
         assert report.to_dict()["mode"] == "memory"
@@ -237,3 +239,84 @@ class TestLifecycle:
         assert body["components"]["ok"]["status"] == "ok"
         assert body["components"]["slow"]["error"] == "no answer within 0.2 s"
         assert body["components"]["bad"]["error"] == "SERVICE_UNAVAILABLE"
+
+
+class TestOutbox:
+    async def test_outbox_relay_publishes_committed_events_in_memory(self) -> None:
+        """EVENTS_OUTBOX is on by default: the tables are installed, the relay runs
+        inside ``async with`` and publishes what a transaction added once it commits;
+        health reports it; closing stops it first."""
+        log = RecordingLogger()
+        infra = build_infrastructure(InMemoryConfig(), logger=log)
+        assert isinstance(infra.outbox, SqlOutbox)
+        assert isinstance(infra.relay, OutboxRelay)
+        bus = infra.publisher
+        assert isinstance(bus, InMemoryEventBus)
+        async with infra:
+            assert infra.relay.running
+            event = Event(type="t.x", source="s", organization_id="o")
+            async with infra.database.transaction() as tx:
+                await infra.outbox.add(tx, event)
+            await wait_until(lambda: len(bus.published) == 1, what="published by the relay")
+            assert [e.id for e in bus.published] == [event.id]
+            body = (await infra.health()).to_dict()["components"]["outbox"]
+            assert body["status"] == "ok"
+            assert (body["lag_s"], body["published"], body["max_lag_s"]) == (0.0, 1, 60.0)
+        assert not infra.relay.running
+        log.assert_logged("outbox relay stopped", published=1)
+
+    async def test_relay_stops_before_the_publisher_and_database_close(self) -> None:
+        """The relay is the last component: connected last, closed first."""
+        infra = build_infrastructure(InMemoryConfig(), logger=RecordingLogger())
+        async with infra:
+            names = [name for name, _ in infra._connected]
+        assert names == ["database", "events", "outbox"]
+
+    async def test_lag_over_the_threshold_is_unhealthy(self) -> None:
+        """An unsent row older than EVENTS_OUTBOX_MAX_LAG_S makes health report the
+        relay down, with its lag."""
+        clock = FakeClock()
+        config = InMemoryConfig({"EVENTS_OUTBOX_MAX_LAG_S": "30"})
+        infra = build_infrastructure(config, logger=RecordingLogger(), clock=clock)
+        async with infra:
+            assert infra.relay is not None
+            await infra.relay.stop()  # nothing publishes from now on
+            async with infra.database.transaction() as tx:
+                await infra.outbox.add(tx, Event(type="t.x", source="s", organization_id="o"))
+            clock.advance(31)
+            report = await infra.health()
+            body = report.to_dict()["components"]["outbox"]
+            assert not report.healthy
+            assert (body["status"], body["error"]) == ("down", "SERVICE_UNAVAILABLE")
+            assert body["lag_s"] == 31.0
+            await infra.relay.start()
+            assert await infra.relay.run_once() == 1
+            assert (await infra.health()).healthy
+
+    async def test_events_outbox_false_runs_no_relay(self) -> None:
+        """EVENTS_OUTBOX=false: no relay, no outbox tables; infra.outbox still exists."""
+        infra = build_infrastructure(
+            InMemoryConfig({"EVENTS_OUTBOX": "false"}), logger=RecordingLogger()
+        )
+        assert infra.relay is None
+        assert isinstance(infra.outbox, SqlOutbox)
+        async with infra:
+            assert set((await infra.health()).components) == {"database", "events"}
+            tables = await infra.database.fetch_value(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'hexinfra_outbox'"
+            )
+            assert tables == 0
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [
+            ("EVENTS_OUTBOX", "maybe"),
+            ("EVENTS_OUTBOX_POLL_S", "0"),
+            ("EVENTS_OUTBOX_POLL_S", "nan"),
+            ("EVENTS_OUTBOX_MAX_LAG_S", "-1"),
+        ],
+    )
+    def test_bad_outbox_settings_fail_loud(self, key: str, value: str) -> None:
+        """A malformed or out-of-range outbox setting is a ConfigurationError naming it."""
+        with pytest.raises(ConfigurationError, match=key):
+            build_infrastructure(InMemoryConfig({key: value}), logger=RecordingLogger())
