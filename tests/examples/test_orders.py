@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.memory import InMemoryEventBus, SqliteDatabase
+from adapters.outbox import Inbox, OutboxRelay, SqlOutbox, install
 from domain_errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from examples.orders.app import migrate_schema
 from examples.orders.domain import OrderService, TotalsProjection
@@ -20,21 +21,33 @@ from testing.fakes import FakeClock, FlakyPublisher, FlakySubscriber, RecordingL
 
 
 class World:
-    """The service wired to in-memory adapters, as a unit test would wire it."""
+    """The service wired to in-memory adapters, as the composition root wires it: the
+    outbox on the SQLite fake, a relay driven by ``flush()``, the projection through
+    the inbox."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.log = RecordingLogger()
         self.db = SqliteDatabase()
         self.bus = InMemoryEventBus(clock=self.clock, logger=self.log)
-        self.service = OrderService(self.db, self.bus, self.log, self.clock)
+        self.flaky = FlakyPublisher(self.bus, clock=self.clock)
+        self.outbox = SqlOutbox(self.db, clock=self.clock)
+        self.relay = OutboxRelay(self.db, self.flaky, logger=self.log, clock=self.clock)
+        self.inbox = Inbox(self.db, clock=self.clock)
+        self.projection = self.inbox.idempotent(TotalsProjection(self.log), durable="order-totals")
+        self.service = OrderService(self.db, self.outbox, self.log, self.clock)
 
     async def start(self) -> None:
         await self.db.connect()
+        await install(self.db, logger=self.log)
         await migrate_schema(self.db, self.log)
-        await self.bus.subscribe(
-            "order.placed", TotalsProjection(self.db, self.log), durable="order-totals"
-        )
+        await self.bus.subscribe("order.placed", self.projection, durable="order-totals")
+
+    async def flush(self) -> int:
+        """Publish what committed (the relay's pass), then deliver it."""
+        published = await self.relay.run_once()
+        await self.bus.run_until_idle()
+        return published
 
     async def stop(self) -> None:
         await self.bus.close()
@@ -56,12 +69,14 @@ async def world() -> AsyncIterator[World]:
 
 class TestPlaceOrder:
     async def test_order_is_stored_published_and_projected(self, world: World) -> None:
-        """A placed order is readable, published once, and counted by the projection."""
+        """A placed order is readable, in the outbox until the relay's pass, then
+        published once and counted by the projection."""
         await world.place("o-1", amount=250)
         order = await world.service.get_order("o-1")
         assert (order.id, order.amount_cents) == ("o-1", 250)
+        assert world.bus.published == []  # placing an order never talks to the broker
+        assert await world.flush() == 1
         assert [e.id for e in world.bus.published] == ["order.placed:o-1"]
-        await world.bus.run_until_idle()
         totals = await world.service.totals("org-1")
         assert (totals.orders, totals.amount_cents) == (1, 250)
 
@@ -70,6 +85,7 @@ class TestPlaceOrder:
         await world.place("o-1")
         with pytest.raises(Conflict, match="o-1 already exists"):
             await world.place("o-1", amount=999)
+        assert await world.flush() == 1
         assert len(world.bus.published) == 1
         assert (await world.service.get_order("o-1")).amount_cents == 100
 
@@ -94,13 +110,15 @@ class TestPlaceOrder:
         with pytest.raises(BadRequest) as info:
             await world.service.place_order(**args)
         assert info.value.details["field"] == field
+        assert await world.flush() == 0
         assert world.bus.published == []
 
 
 class TestProjection:
     async def test_redelivered_event_is_counted_once(self, world: World) -> None:
-        """Handling the same event twice (at-least-once delivery) counts it once."""
-        projection = TotalsProjection(world.db, world.log)
+        """Handling the same event twice (at-least-once delivery) counts it once: the
+        inbox records its id in the projection's transaction."""
+        projection = world.projection
         event = Event(
             id="order.placed:o-9",
             type="order.placed",
@@ -112,7 +130,13 @@ class TestProjection:
         await projection(event)
         totals = await world.service.totals("org-2")
         assert (totals.orders, totals.amount_cents) == (1, 5)
-        world.log.assert_logged("duplicate event skipped")
+        assert await world.inbox.processed("order-totals", event.id)
+        assert len([r for r in world.log.records if r.message == "order projected"]) == 1
+
+    async def test_domain_has_no_dedupe_table(self, world: World) -> None:
+        """The service's migrations leave no hand-written table of handled events."""
+        names = await world.db.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")
+        assert "processed_events" not in {row["name"] for row in names}
 
     async def test_malformed_event_is_dead_lettered(self, world: World) -> None:
         """An order.placed without an amount is rejected to the dead letters at once."""
@@ -127,7 +151,7 @@ class TestProjection:
         """The request id bound at the edge is on the DB-write log line and the handler's."""
         with bind_context(request_id="req-42"):
             await world.place("o-1")
-        await world.bus.run_until_idle()
+        await world.flush()
         stored = world.log.assert_logged("order stored")
         projected = world.log.assert_logged("order projected")
         assert stored.context["request_id"] == projected.context["request_id"] == "req-42"
@@ -196,7 +220,9 @@ async def test_totals_equal_first_placement_of_each_id(
             seen.add(order_id)
             count, total = expected.get(org, (0, 0))
             expected[org] = (count + 1, total + amount)
-        await world.bus.run_until_idle()
+        await world.flush()
+        await world.flush()  # a second pass publishes nothing again
+        assert len(world.bus.published) == len(seen)
         for org in ("a", "b"):
             totals = await world.service.totals(org)
             assert (totals.orders, totals.amount_cents) == expected.get(org, (0, 0))
@@ -205,36 +231,59 @@ async def test_totals_equal_first_placement_of_each_id(
 
 
 class TestFaults:
-    async def test_broker_down_rolls_the_order_back(self, world: World) -> None:
-        """If the broker does not ack, the order is not stored and the caller gets a 503
-        to retry; the retry then succeeds and publishes once."""
-        flaky = FlakyPublisher(world.bus)
-        flaky.fail_next(1)
-        service = OrderService(world.db, flaky, world.log, world.clock)
-        with pytest.raises(ServiceUnavailable):
-            await service.place_order(
-                order_id="o-1", organization_id="org-1", customer="Ada", amount_cents=5
-            )
-        with pytest.raises(NotFound):
-            await service.get_order("o-1")
-        await service.place_order(
-            order_id="o-1", organization_id="org-1", customer="Ada", amount_cents=5
+    async def test_broker_down_does_not_fail_or_slow_orders(self, world: World) -> None:
+        """With the broker failing every publish, orders are still placed at once (the
+        broker is never called while placing); the relay's passes fail and keep the
+        events; once the broker is back, each order is published and projected once."""
+        world.flaky.fail_next(3, error=ServiceUnavailable)
+        began = world.clock.monotonic()
+        for n in range(20):
+            await world.place(f"o-{n}", amount=n + 1)
+        assert world.flaky.calls == []  # placing never reached the publisher
+        assert world.clock.monotonic() == began  # nor waited on anything
+        for _ in range(3):
+            with pytest.raises(ServiceUnavailable):
+                await world.flush()
+        assert world.bus.published == []
+        world.clock.advance(5)
+        assert await world.relay.lag() == 5.0  # the oldest unsent order's age
+        assert await world.flush() == 20  # the broker is back
+        assert sorted(e.id for e in world.bus.published) == sorted(
+            f"order.placed:o-{n}" for n in range(20)
         )
-        assert [c.injected is None for c in flaky.calls] == [False, True]
-        assert [e.id for e in world.bus.published] == ["order.placed:o-1"]
+        totals = await world.service.totals("org-1")
+        assert (totals.orders, totals.amount_cents) == (20, sum(range(1, 21)))
+        assert await world.relay.lag() == 0.0
+
+    async def test_rolled_back_order_publishes_nothing(self, world: World) -> None:
+        """An order whose transaction rolls back after the event was added to the outbox
+        is neither stored nor published (no phantom order in the projection)."""
+
+        async def add_then_fail() -> None:
+            async with world.db.transaction() as tx:
+                await world.outbox.add(
+                    tx,
+                    Event(type="order.placed", source="t", organization_id="org-1", data={}),
+                )
+                raise LookupError("the request failed after outbox.add")
+
+        with pytest.raises(LookupError):
+            await add_then_fail()
+        assert await world.flush() == 0
+        assert world.bus.published == []
 
     async def test_failing_handler_is_retried_until_it_succeeds(self) -> None:
         """A projection that fails twice is redelivered after its backoff and counts once."""
         w = World()
         await w.db.connect()
+        await install(w.db, logger=w.log)
         await migrate_schema(w.db, w.log)
         flaky = FlakySubscriber(w.bus)
         flaky.fail_next(2)
-        await flaky.subscribe(
-            "order.placed", TotalsProjection(w.db, w.log), durable="t", backoff=(1.0,)
-        )
+        await flaky.subscribe("order.placed", w.projection, durable="t", backoff=(1.0,))
         try:
             await w.place("o-1")
+            await w.relay.run_once()
             for _ in range(3):
                 await w.bus.run_until_idle()
                 w.clock.advance(1.0)

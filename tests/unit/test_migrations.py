@@ -190,7 +190,10 @@ class TestFiles:
     def test_package_resource_directory_is_accepted(self) -> None:
         """A Traversable from importlib.resources works as the directory."""
         files = load_migrations(importlib.resources.files("examples.orders") / "migrations")
-        assert [m.file for m in files] == ["0001_create_orders.sql"]
+        assert [m.file for m in files] == [
+            "0001_create_orders.sql",
+            "0002_drop_processed_events.sql",
+        ]
         assert len(files[0].statements) == 3
 
     def test_traversable_that_is_not_a_path_is_accepted(self, tmp_path: Path) -> None:
