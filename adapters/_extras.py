@@ -12,6 +12,7 @@ __all__ = ["EXTRAS", "require_extra"]
 EXTRAS: Final = {
     "postgres": ("psycopg", "psycopg_pool"),
     "nats": ("nats",),
+    "otel": ("opentelemetry.trace",),
 }
 """Each extra and the modules it installs."""
 

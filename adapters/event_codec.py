@@ -14,6 +14,8 @@ The wire format every event adapter speaks (see ADR 0018):
       ce-time: <event.timestamp, RFC 3339, UTC, "Z">
       ce-organizationid: <event.organization_id>     (CloudEvents extension)
       ce-requestid: <the publisher's request id>     (extension; only when bound)
+      ce-traceparent, ce-tracestate: W3C trace context (distributed-tracing
+                                                     extension; only when traced, ADR 0031)
       Content-Type: application/json
       Nats-Msg-Id: <event.id>                        (JetStream dedupe key)
 
@@ -47,6 +49,7 @@ import attrs
 import cattrs
 import orjson
 
+from adapters._trace_carrier import Carrier, carrier_from_headers
 from domain_errors import BadRequest, ErrorCode
 from ports.events import Event, format_timestamp, parse_timestamp
 
@@ -75,6 +78,8 @@ __all__ = [
     "H_CONTENT_TYPE",
     "H_MSG_ID",
     "H_X_REQUEST_ID",
+    "H_TRACEPARENT",
+    "H_TRACESTATE",
 ]
 
 SPECVERSION: Final = "1.0"
@@ -90,6 +95,8 @@ H_REQUEST_ID: Final = "ce-requestid"
 H_CONTENT_TYPE: Final = "Content-Type"
 H_MSG_ID: Final = "Nats-Msg-Id"
 H_X_REQUEST_ID: Final = "X-Request-ID"
+H_TRACEPARENT: Final = "ce-traceparent"
+H_TRACESTATE: Final = "ce-tracestate"
 
 _STRUCTURED_TYPE: Final = "application/cloudevents+json"
 _X_REQUEST_ID_LOWER: Final = H_X_REQUEST_ID.lower()
@@ -109,10 +116,12 @@ class EventDecodeError(BadRequest):
 
 @attrs.frozen(slots=True)
 class Decoded:
-    """A decoded message: the event and the publisher's request id (if any)."""
+    """A decoded message: the event, the publisher's request id and its trace
+    context (``ce-traceparent`` / ``ce-tracestate``, or bare ``traceparent``), if any."""
 
     event: Event
     request_id: str | None = None
+    trace: Carrier | None = None
 
 
 def header_value(value: str) -> str:
@@ -139,8 +148,11 @@ def encode_data(data: Mapping[str, Any]) -> bytes:
         return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def encode(event: Event, *, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """The body and headers that carry ``event`` (and ``request_id``) on the wire."""
+def encode(
+    event: Event, *, request_id: str | None = None, trace: Carrier | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers that carry ``event`` (and ``request_id``, and the trace
+    context ``trace``) on the wire."""
     msg_id = header_value(event.id)
     headers = {
         H_SPECVERSION: SPECVERSION,
@@ -154,6 +166,10 @@ def encode(event: Event, *, request_id: str | None = None) -> tuple[bytes, dict[
     }
     if request_id is not None:
         headers[H_REQUEST_ID] = header_value(str(request_id))
+    if trace is not None:
+        headers[H_TRACEPARENT] = header_value(trace[0])
+        if trace[1]:
+            headers[H_TRACESTATE] = header_value(trace[1])
     return encode_data(event.data), headers
 
 
@@ -230,7 +246,7 @@ def _binary(body: bytes, lowered: Mapping[str, str], default_time: datetime | No
             id=id_,
             timestamp=timestamp,
         )
-    return Decoded(event, _unquote(raw_rid) if raw_rid else None)
+    return Decoded(event, _unquote(raw_rid) if raw_rid else None, carrier_from_headers(lowered))
 
 
 # Decoding builds an Event for every message consumed; Event's own checks (a walk of
@@ -345,7 +361,11 @@ def _structured(body: bytes, default_time: datetime | None) -> Decoded:
         data={} if data is None else data,
     )
     rid = raw.get("requestid")
-    return Decoded(event, rid if isinstance(rid, str) and rid else None)
+    parent, state = raw.get("traceparent"), raw.get("tracestate")
+    trace: Carrier | None = None
+    if isinstance(parent, str) and parent:
+        trace = (parent, state if isinstance(state, str) and state else None)
+    return Decoded(event, rid if isinstance(rid, str) and rid else None, trace)
 
 
 def _decode(

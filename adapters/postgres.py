@@ -766,6 +766,13 @@ class PostgresDatabase:
         first = scrubbed.strip().splitlines()[0] if scrubbed.strip() else type(exc).__name__
         return redact_text(first)[:300]
 
+    def pool_usage(self) -> tuple[int, int]:
+        """``(in_use, waiting)``: connections held by callers and callers waiting for
+        one (the admission gate's counts; both 0 when idle). Read by the
+        ``hexinfra.db.pool.*`` gauges of ``adapters.telemetry.TracedDatabase``."""
+        gate = self._gate
+        return self.settings.pool_max_size - gate._free, gate.waiting
+
     async def health_check(self) -> None:
         """``SELECT 1`` within ``health_timeout``; ``ServiceUnavailable`` otherwise."""
         timeout = self.settings.health_timeout

@@ -35,6 +35,7 @@ from adapters._event_rules import (
     subject_pattern,
     wire_size,
 )
+from adapters._trace_carrier import OUTGOING, Carrier, incoming
 from domain_errors import BadRequest, Conflict, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
@@ -285,7 +286,7 @@ class InMemorySubscription:
                 stored, event, rid = prepared
                 failure: BaseException | None = None
                 timed_out = False
-                with _handler_context(event, rid, attempt):
+                with _handler_context(event, rid, attempt), incoming(bus._traces.get(index)):
                     try:
                         if timeout is None:
                             await handler(event)
@@ -327,6 +328,8 @@ class InMemorySubscription:
             if decoded is None:
                 return None
             stored, rid = decoded.event, decoded.request_id
+            if decoded.trace is not None:
+                bus._traces[index] = decoded.trace
             event = stored  # decoded afresh for this delivery
         else:
             body = bus._bodies[index]
@@ -434,7 +437,9 @@ class InMemorySubscription:
             payload, headers = raw[0], dict(raw[1])
         else:
             assert event is not None
-            payload, headers = event_codec.encode(event, request_id=bus._rids[index])
+            payload, headers = event_codec.encode(
+                event, request_id=bus._rids[index], trace=bus._traces.get(index)
+            )
         bus.dead_letters.append(
             DeadLetter(
                 subject=bus._subjects[index],
@@ -549,6 +554,8 @@ class InMemoryEventBus:
         self._subjects: list[str] = []
         self._events: list[Event | None] = []
         self._rids: list[str | None] = []
+        # Trace context published with an event (ADR 0031), by index; only traced ones.
+        self._traces: dict[int, Carrier] = {}
         # The JSON body of each stored event (None where orjson could not write it):
         # every delivery reads its own copy of ``data`` from it.
         self._bodies: list[bytes | None] = []
@@ -709,6 +716,9 @@ class InMemoryEventBus:
         self._events.append(event)
         self._rids.append(rid)
         self._bodies.append(body)
+        trace = OUTGOING.get()
+        if trace is not None:
+            self._traces[len(subjects) - 1] = trace
         seq = len(subjects)
         if event is not None:
             self.published.append(event)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from adapters import event_codec
 from adapters._event_rules import check_publish_subject
+from adapters._trace_carrier import OUTGOING
 from adapters.nats_events.connection import NatsConnection
 from ports.context import request_id
 from ports.events import Event, PublishAck
@@ -27,7 +28,7 @@ class NatsPublisher:
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         wire = self._prefix + check_publish_subject(event.type if subject is None else subject)
-        body, headers = event_codec.encode(event, request_id=request_id())
+        body, headers = event_codec.encode(event, request_id=request_id(), trace=OUTGOING.get())
         return await self._connection.publish_message(wire, body, headers)
 
     async def publish_many(
@@ -36,12 +37,13 @@ class NatsPublisher:
         """Publish ``events`` pipelined; their acks, in order. Every event is encoded
         and measured before any is sent: one too big -> ``BadRequest``, none sent."""
         rid = request_id()
+        trace = OUTGOING.get()
         messages = []
         for event in events:
             if not isinstance(event, Event):
                 raise TypeError("publish_many takes Events")
             wire = self._prefix + check_publish_subject(event.type if subject is None else subject)
-            body, headers = event_codec.encode(event, request_id=rid)
+            body, headers = event_codec.encode(event, request_id=rid, trace=trace)
             messages.append((wire, body, headers))
         if not messages:
             return []

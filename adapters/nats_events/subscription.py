@@ -26,6 +26,7 @@ from adapters._event_rules import (
     check_subscribe_subject,
     describe,
 )
+from adapters._trace_carrier import incoming
 from adapters.nats_events._errors import failure_reason
 from adapters.nats_events._internals import drop_lane, subscribe_lane
 from adapters.nats_events.attempts import FailureRecord, Runs
@@ -438,8 +439,9 @@ class NatsSubscription:
         decoded = await self._decode(msg)
         if decoded is None:
             return
-        # Every line about this event (retries, dead letters) carries its request id.
-        with bind_context(request_id=decoded.request_id):
+        # Every line about this event (retries, dead letters) carries its request id;
+        # the producer's trace context (if any) is there for TracedSubscriber (ADR 0031).
+        with bind_context(request_id=decoded.request_id), incoming(decoded.trace):
             await self._handle(msg, decoded)
 
     async def _handle(self, msg: Delivery, decoded: event_codec.Decoded) -> None:
