@@ -46,11 +46,33 @@ __all__ = [
     "current_exception",
     "ACCESS_LOGGED",
     "RepeatLimiter",
+    "set_trace_hook",
+    "add_trace_ids",
 ]
 
 ACCESS_LOGGED: Final[ContextVar[bool]] = ContextVar("hexinfra_access_logged", default=False)
 """True inside a request whose access line ``RequestContextMiddleware`` writes: the
 stdlib bridge then drops the server's own access line (one line per request)."""
+
+_trace_hook: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_hook(hook: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Install (or, with ``None``, remove) the function giving the current span's
+    ``(trace_id, span_id)`` in hex; ``adapters.telemetry`` installs it (ADR 0031)."""
+    global _trace_hook  # noqa: PLW0603 - one process-wide hook, set at start-up
+    _trace_hook = hook
+
+
+def add_trace_ids(target: dict[str, Any]) -> None:
+    """Add ``trace_id`` / ``span_id`` of the current span to ``target`` (nothing
+    outside a span, or when no hook is installed: one global read)."""
+    hook = _trace_hook
+    if hook is not None:
+        ids = hook()
+        if ids is not None:
+            target["trace_id"], target["span_id"] = ids
+
 
 LEVEL_NUMBERS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "fatal": 50}
 _LEVEL_ALIASES: Final = {"warn": "warning", "critical": "fatal"}

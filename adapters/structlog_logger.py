@@ -61,6 +61,7 @@ from ports.logger import Logger
 from ._log_fields import (
     ACCESS_LOGGED,
     RepeatLimiter,
+    add_trace_ids,
     clean_fields,
     current_exception,
     error_fields,
@@ -305,6 +306,7 @@ class StructlogLogger:
             context = current_context()
             if context:
                 merge_fields(event, context)
+            add_trace_ids(event)
             if self._bound:
                 event.update(self._bound)
             if tags:

@@ -12,6 +12,7 @@ import attrs
 
 from adapters._log_fields import (
     LEVEL_NUMBERS,
+    add_trace_ids,
     clean_fields,
     current_exception,
     error_fields,
@@ -20,6 +21,14 @@ from adapters._log_fields import (
 )
 from adapters.redaction import redact_text, safe_str
 from ports.context import current_context
+
+
+def _context_fields() -> dict[str, Any]:
+    """The context values, and the current span's ``trace_id`` / ``span_id``."""
+    fields = clean_fields(current_context())
+    add_trace_ids(fields)
+    return fields
+
 
 if TYPE_CHECKING:
     from ports.logger import Logger
@@ -153,7 +162,7 @@ class RecordingLogger:
                 level=level,
                 message=redact_text(msg if type(msg) is str else safe_str(msg)),
                 tags=merged,
-                context=clean_fields(current_context()),
+                context=_context_fields(),
                 service=self._service,
                 timestamp=datetime.now(UTC),
                 error=error_fields(exc) if exc is not None else None,

@@ -1,0 +1,62 @@
+"""Whether build_infrastructure wraps the ports in adapters.telemetry (stdlib only).
+
+``OTEL_ENABLED``: ``false`` -> never; ``true`` -> always (``ConfigurationError`` naming
+the ``otel`` extra when opentelemetry-api is missing); unset -> when opentelemetry-api
+is installed and an SDK TracerProvider is configured in the process (ADR 0031).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from adapters._extras import _installed, require_extra
+from domain_errors import ConfigurationError
+from ports.database import Database
+from ports.events import Publisher, Subscriber
+
+__all__ = ["telemetry_wanted", "traced_ports"]
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def telemetry_wanted(setting: str | None) -> bool:
+    """Whether to wrap the ports, from the ``OTEL_ENABLED`` value (``None``: unset)."""
+    if setting is not None and setting.strip() != "":
+        word = setting.strip().lower()
+        if word in _FALSE:
+            return False
+        if word not in _TRUE:
+            raise ConfigurationError(
+                "setting OTEL_ENABLED must be true or false",
+                details={"key": "OTEL_ENABLED", "expected": ["true", "false"]},
+            )
+        require_extra("otel", "OTEL_ENABLED=true")
+        return True
+    if not _installed("opentelemetry.trace"):
+        return False
+    from adapters.telemetry import sdk_configured
+
+    return sdk_configured()
+
+
+def traced_ports(
+    database: Database, publisher: Publisher, subscriber: Subscriber
+) -> tuple[Database, Publisher, Subscriber]:
+    """The three ports wrapped in ``adapters.telemetry`` (global providers), with log
+    lines joined to traces; only call it when :func:`telemetry_wanted` said so."""
+    from adapters.telemetry import (
+        Telemetry,
+        TracedDatabase,
+        TracedPublisher,
+        TracedSubscriber,
+        join_logs_to_traces,
+    )
+
+    telemetry = Telemetry()
+    join_logs_to_traces()
+    return (
+        TracedDatabase(database, telemetry=telemetry),
+        TracedPublisher(publisher, telemetry=telemetry),
+        TracedSubscriber(subscriber, telemetry=telemetry),
+    )
