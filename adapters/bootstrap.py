@@ -392,7 +392,16 @@ def build_infrastructure(
         database = postgres
         publisher, subscriber = NatsPublisher(connection), NatsSubscriber(connection)
         components = [("database", postgres), ("events", connection)]
-    relay = _relay(config, mode, database=database, publisher=publisher, logger=logger, clock=clock)
+    # --- OpenTelemetry (ADR 0031): OTEL_ENABLED; unset, on when an SDK is configured.
+    # The relay polls through the unwrapped database (no span per poll) and publishes
+    # through the traced publisher.
+    polled = database
+    from ._telemetry_switch import telemetry_wanted, traced_ports
+
+    if telemetry_wanted(config.get("OTEL_ENABLED")):
+        database, publisher, subscriber = traced_ports(database, publisher, subscriber)
+    # --- end OpenTelemetry
+    relay = _relay(config, mode, database=polled, publisher=publisher, logger=logger, clock=clock)
     if relay is not None:
         components.append(("outbox", relay))
     return Infrastructure(

@@ -1,0 +1,47 @@
+"""build_infrastructure wraps the ports in adapters.telemetry when OTEL_ENABLED says so."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from adapters.memory import InMemoryEventBus, SqliteDatabase
+from adapters.telemetry import (
+    TracedDatabase,
+    TracedPublisher,
+    TracedSubscriber,
+    join_logs_to_traces,
+)
+from testing.fakes import RecordingLogger
+
+
+class TestBuildInfrastructure:
+    async def test_otel_enabled_wraps_the_ports(self) -> None:
+        from adapters.bootstrap import build_infrastructure
+        from adapters.memory import InMemoryConfig
+
+        try:
+            infra = build_infrastructure(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory", "OTEL_ENABLED": "true"}),
+                logger=RecordingLogger(),
+            )
+            assert isinstance(infra.database, TracedDatabase)
+            assert isinstance(infra.publisher, TracedPublisher)
+            assert isinstance(infra.subscriber, TracedSubscriber)
+            async with infra:
+                assert await infra.database.fetch_value("SELECT 1") == 1
+                assert (await infra.health()).healthy
+        finally:
+            join_logs_to_traces(False)
+
+    def test_otel_disabled_or_unset_wraps_nothing(self) -> None:
+        from adapters.bootstrap import build_infrastructure
+        from adapters.memory import InMemoryConfig
+
+        for values in ({"OTEL_ENABLED": "false"}, {}):
+            infra = build_infrastructure(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory", **values}), logger=RecordingLogger()
+            )
+            assert isinstance(infra.database, SqliteDatabase)
+            assert isinstance(infra.publisher, InMemoryEventBus)
