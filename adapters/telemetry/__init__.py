@@ -28,6 +28,7 @@ from ._database import TracedDatabase, db_system, operation_name
 from ._events import TracedPublisher, TracedSubscriber
 from ._instruments import SCOPE, Telemetry
 from ._logs import join_logs_to_traces, trace_ids
+from ._outbox import OutboxLagGauge
 from ._switch import sdk_configured
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "TracedPublisher",
     "TracedSubscriber",
     "TracedASGIMiddleware",
+    "OutboxLagGauge",
     "Telemetry",
     "SCOPE",
     "join_logs_to_traces",
