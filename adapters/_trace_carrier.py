@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Final, TypeAlias
+from urllib.parse import unquote
 
 __all__ = ["Carrier", "OUTGOING", "INCOMING", "incoming", "carrier_from_headers"]
 
@@ -63,4 +64,10 @@ def carrier_from_headers(lowered: Mapping[str, str] | None) -> Carrier | None:
     parent = lowered.get("ce-traceparent") or lowered.get("traceparent")
     if not parent:
         return None
-    return parent.strip(), (lowered.get("ce-tracestate") or lowered.get("tracestate") or None)
+    state = lowered.get("ce-tracestate") or lowered.get("tracestate") or None
+    if "%" in parent or (state is not None and "%" in state):
+        # percent-encoded as the CloudEvents HTTP binding says (a space after a comma
+        # in tracestate travels as %20)
+        parent = unquote(parent)
+        state = unquote(state) if state is not None else None
+    return parent.strip(), state

@@ -382,6 +382,11 @@ class TestCodec:
         assert "ce-traceparent" not in plain
         assert event_codec.decode_message(plain_body, plain).trace is None
 
+    def test_a_tracestate_with_spaces_survives_the_headers(self) -> None:
+        body, headers = event_codec.encode(_event(), trace=(TRACEPARENT, "a=b, c=d"))
+        assert headers["ce-tracestate"] == "a=b,%20c=d"
+        assert event_codec.decode_message(body, headers).trace == (TRACEPARENT, "a=b, c=d")
+
     def test_structured_mode_reads_traceparent(self) -> None:
         raw = {
             "specversion": "1.0",
