@@ -44,17 +44,21 @@ def traced_ports(
     database: Database, publisher: Publisher, subscriber: Subscriber
 ) -> tuple[Database, Publisher, Subscriber]:
     """The three ports wrapped in ``adapters.telemetry`` (global providers), with log
-    lines joined to traces; only call it when :func:`telemetry_wanted` said so."""
+    lines joined to traces and the current span's context readable by the outbox
+    (``adapters._trace_carrier.current()``); only call it when :func:`telemetry_wanted`
+    said so."""
     from adapters.telemetry import (
         Telemetry,
         TracedDatabase,
         TracedPublisher,
         TracedSubscriber,
+        expose_current_context,
         join_logs_to_traces,
     )
 
     telemetry = Telemetry()
     join_logs_to_traces()
+    expose_current_context()
     return (
         TracedDatabase(database, telemetry=telemetry),
         TracedPublisher(publisher, telemetry=telemetry),

@@ -18,19 +18,45 @@ when off is one context-variable read per publish and per delivery.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Final, TypeAlias
 from urllib.parse import unquote
 
-__all__ = ["Carrier", "OUTGOING", "INCOMING", "incoming", "carrier_from_headers"]
+__all__ = [
+    "Carrier",
+    "OUTGOING",
+    "INCOMING",
+    "incoming",
+    "carrier_from_headers",
+    "current",
+    "set_current_hook",
+]
 
 Carrier: TypeAlias = tuple[str, str | None]
 """``(traceparent, tracestate)``: W3C trace context as header values."""
 
 OUTGOING: Final[ContextVar[Carrier | None]] = ContextVar("hexinfra_trace_out", default=None)
 INCOMING: Final[ContextVar[Carrier | None]] = ContextVar("hexinfra_trace_in", default=None)
+
+
+_current_hook: Callable[[], Carrier | None] | None = None
+
+
+def set_current_hook(hook: Callable[[], Carrier | None] | None) -> None:
+    """Install (``None``: remove) the function giving the current span's context;
+    ``adapters.telemetry`` installs it, so that code which must not import
+    OpenTelemetry (the outbox, storing it with each row) can read it."""
+    global _current_hook  # noqa: PLW0603 - one process-wide hook, set at start-up
+    _current_hook = hook
+
+
+def current() -> Carrier | None:
+    """The current span's context as ``(traceparent, tracestate)``; ``None`` outside
+    a span or when telemetry is off (one global read)."""
+    hook = _current_hook
+    return None if hook is None else hook()
 
 
 class incoming:

@@ -27,7 +27,7 @@ from ._asgi import TracedASGIMiddleware
 from ._database import TracedDatabase, db_system, operation_name
 from ._events import TracedPublisher, TracedSubscriber
 from ._instruments import SCOPE, Telemetry
-from ._logs import join_logs_to_traces, trace_ids
+from ._logs import expose_current_context, join_logs_to_traces, trace_ids
 from ._outbox import OutboxLagGauge
 from ._switch import sdk_configured
 
@@ -40,6 +40,7 @@ __all__ = [
     "Telemetry",
     "SCOPE",
     "join_logs_to_traces",
+    "expose_current_context",
     "trace_ids",
     "sdk_configured",
     "db_system",

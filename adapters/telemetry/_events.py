@@ -105,10 +105,20 @@ class TracedPublisher:
         *,
         subject: str | None,
     ) -> Any:
+        # A context stored with the events (the outbox relay sets OUTGOING to the one its
+        # rows were written under) is the send span's parent: the request's trace goes on.
+        stored = extract(OUTGOING.get())
+        parent = (
+            trace.set_span_in_context(trace.NonRecordingSpan(stored), otel_context.Context())
+            if stored is not None
+            else None
+        )
         with self._tel.tracer.start_as_current_span(
             f"send {destination}",
+            context=parent,
             kind=SpanKind.PRODUCER,
             attributes=attributes,
+            links=[Link(stored)] if stored is not None else None,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from adapters import _log_fields
+from adapters import _log_fields, _trace_carrier
 
-__all__ = ["trace_ids", "join_logs_to_traces"]
+from ._instruments import inject
+
+__all__ = ["trace_ids", "join_logs_to_traces", "expose_current_context"]
 
 
 def trace_ids() -> tuple[str, str] | None:
@@ -21,3 +23,9 @@ def join_logs_to_traces(enabled: bool = True) -> None:
     """Make every log line written inside a span carry ``trace_id`` and ``span_id``
     (StructlogLogger and RecordingLogger); ``False`` undoes it."""
     _log_fields.set_trace_hook(trace_ids if enabled else None)
+
+
+def expose_current_context(enabled: bool = True) -> None:
+    """Let ``adapters._trace_carrier.current()`` give the current span's context (for
+    the outbox, which stores it with each row); ``False`` undoes it."""
+    _trace_carrier.set_current_hook(inject if enabled else None)

@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from adapters import event_codec
 from adapters._telemetry_switch import telemetry_wanted
+from adapters._trace_carrier import OUTGOING, current
 from adapters.memory import InMemoryEventBus, SqliteDatabase
 from adapters.structlog_logger import StructlogLogger
 from adapters.telemetry import (
@@ -29,6 +30,7 @@ from adapters.telemetry import (
     TracedDatabase,
     TracedPublisher,
     TracedSubscriber,
+    expose_current_context,
     join_logs_to_traces,
     operation_name,
     sdk_configured,
@@ -241,6 +243,30 @@ class TestEvents:
             f"00-{send.context.trace_id:032x}-{send.context.span_id:016x}-"
         )
         assert (send.attributes or {})["messaging.batch.message_count"] == 1
+
+    async def test_a_stored_context_is_the_send_spans_parent(
+        self, bus: InMemoryEventBus, otel: Otel
+    ) -> None:
+        """What the outbox relay does: the context a row was written under, in OUTGOING
+        around the publish, is continued by the send span (and linked)."""
+        with otel.tracer.start_as_current_span("POST /orders"):
+            expose_current_context()
+            try:
+                stored = current()
+            finally:
+                expose_current_context(False)
+        assert current() is None
+        assert stored is not None
+        token = OUTGOING.set(stored)
+        try:
+            await TracedPublisher(bus, telemetry=otel.telemetry).publish(_event(1))
+        finally:
+            OUTGOING.reset(token)
+        request, send = otel.span("POST /orders"), otel.span("send orders.placed")
+        assert send.context.trace_id == request.context.trace_id
+        assert send.parent is not None
+        assert send.parent.span_id == request.context.span_id
+        assert [link.context.span_id for link in send.links] == [request.context.span_id]
 
     async def test_an_event_without_context_starts_a_new_trace(
         self, bus: InMemoryEventBus, otel: Otel

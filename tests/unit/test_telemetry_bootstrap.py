@@ -11,6 +11,7 @@ from adapters.telemetry import (
     TracedDatabase,
     TracedPublisher,
     TracedSubscriber,
+    expose_current_context,
     join_logs_to_traces,
 )
 from testing.fakes import RecordingLogger
@@ -34,6 +35,7 @@ class TestBuildInfrastructure:
                 assert (await infra.health()).healthy
         finally:
             join_logs_to_traces(False)
+            expose_current_context(False)
 
     def test_otel_disabled_or_unset_wraps_nothing(self) -> None:
         from adapters.bootstrap import build_infrastructure
