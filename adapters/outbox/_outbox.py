@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Final
 
+from adapters import _trace_carrier
 from adapters._event_rules import check_publish_subject
 from ports.clock import Clock, SystemClock
 from ports.context import request_id
@@ -17,8 +18,8 @@ __all__ = ["SqlOutbox"]
 
 _INSERT: Final = (
     f"INSERT INTO {OUTBOX_TABLE} (event_id, event_type, source, organization_id, "
-    "occurred_at, data, subject, request_id, created_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "occurred_at, data, subject, request_id, created_at, traceparent, tracestate) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _NOTIFY: Final = "SELECT pg_notify(%s, '')"
 
@@ -36,6 +37,10 @@ class SqlOutbox:
     :func:`adapters.outbox.install`). On PostgreSQL it also issues
     ``pg_notify('hexinfra_outbox', '')`` in ``tx``, which the server delivers at
     commit (and drops on rollback): a listening :class:`OutboxRelay` wakes at once.
+
+    With telemetry on, the row also holds the current span's W3C trace context
+    (``traceparent``, ``tracestate``: :func:`adapters._trace_carrier.current`), which
+    the relay's send span continues (ADR 0031); ``NULL`` outside a span.
     """
 
     def __init__(self, database: Database, *, clock: Clock | None = None) -> None:
@@ -47,6 +52,8 @@ class SqlOutbox:
         if not isinstance(event, Event):
             raise TypeError("Outbox.add takes an Event")
         check_publish_subject(event.type if subject is None else subject)
+        carrier = _trace_carrier.current()
+        traceparent, tracestate = carrier if carrier is not None else (None, None)
         await tx.execute(
             _INSERT,
             (
@@ -59,6 +66,8 @@ class SqlOutbox:
                 subject,
                 request_id(),
                 self._clock.now(),
+                traceparent,
+                tracestate,
             ),
         )
         if self._notify:

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import orjson
 
+from adapters._trace_carrier import OUTGOING, Carrier
 from adapters.event_codec import trusted_event
 from domain_errors import BadRequest, DomainError
 from ports.clock import Clock, SystemClock
@@ -25,7 +26,7 @@ __all__ = ["OutboxRelay"]
 
 _COLUMNS: Final = (
     "position, event_id, event_type, source, organization_id, occurred_at, data, "
-    "subject, request_id"
+    "subject, request_id, traceparent, tracestate"
 )
 _SELECT: Final = (
     f"SELECT {_COLUMNS} FROM {OUTBOX_TABLE} WHERE sent_at IS NULL AND error IS NULL "
@@ -64,16 +65,32 @@ def _event(row: Row) -> Event:
     )
 
 
-def _runs(rows: Sequence[Row]) -> list[tuple[str | None, str | None, list[Row]]]:
-    """Consecutive rows with the same subject and request_id, in position order
-    (one ``publish_many`` each: the request_id travels per call)."""
-    runs: list[tuple[str | None, str | None, list[Row]]] = []
+class _Run:
+    """Consecutive rows published by one ``publish_many``."""
+
+    __slots__ = ("carrier", "request_id", "rows", "subject")
+
+    def __init__(self, subject: str | None, rid: str | None, carrier: Carrier | None) -> None:
+        self.subject = subject
+        self.request_id = rid
+        self.carrier = carrier
+        self.rows: list[Row] = []
+
+
+def _runs(rows: Sequence[Row]) -> list[_Run]:
+    """Consecutive rows with the same subject, request_id and trace context, in
+    position order (one ``publish_many`` each: the request_id and the trace context
+    travel per call)."""
+    runs: list[_Run] = []
+    last: tuple[Any, ...] | None = None
     for row in rows:
-        key = (row["subject"], row["request_id"])
-        if runs and (runs[-1][0], runs[-1][1]) == key:
-            runs[-1][2].append(row)
-        else:
-            runs.append((key[0], key[1], [row]))
+        parent = row["traceparent"]
+        key = (row["subject"], row["request_id"], parent, row["tracestate"])
+        if not runs or key != last:
+            carrier: Carrier | None = (parent, key[3]) if parent else None
+            runs.append(_Run(key[0], key[1], carrier))
+            last = key
+        runs[-1].rows.append(row)
     return runs
 
 
@@ -83,8 +100,10 @@ class OutboxRelay:
     One batch (:meth:`run_once` repeats them until none is left): in one
     transaction, take up to ``batch_size`` unsent rows in position order with
     ``FOR UPDATE SKIP LOCKED`` (relays running at once take disjoint rows),
-    publish them with ``publisher.publish_many`` (consecutive rows of one subject
-    and request_id per call; ``event.id`` is the ``Nats-Msg-Id``), stamp
+    publish them with ``publisher.publish_many`` (consecutive rows of one subject,
+    request_id and trace context per call; ``event.id`` is the ``Nats-Msg-Id``; the
+    row's trace context is in ``_trace_carrier.OUTGOING`` during the call, so a
+    ``TracedPublisher`` continues the trace of the transaction that added it), stamp
     ``sent_at``, commit. A relay that dies between publishing and committing
     leaves the rows unsent; the next batch publishes them again and the broker
     drops the copies by id (inside its duplicate window). An event the broker
@@ -176,23 +195,30 @@ class OutboxRelay:
     async def _publish(self, rows: Sequence[Row]) -> tuple[list[int], dict[int, str]]:
         sent: list[int] = []
         failed: dict[int, str] = {}
-        for subject, rid, run in _runs(rows):
-            events = [_event(row) for row in run]
-            with bind_context(request_id=rid):
-                try:
-                    await self._publisher.publish_many(events, subject=subject)
-                    sent.extend(int(row["position"]) for row in run)
-                    continue
-                except BadRequest:
-                    pass
-                # One event of the run is refused for good: publish them one by one.
-                for row, event in zip(run, events, strict=True):
+        for run in _runs(rows):
+            subject, rows_of_run = run.subject, run.rows
+            events = [_event(row) for row in rows_of_run]
+            # The context the rows were written under: TracedPublisher's send span
+            # continues it (no effect without telemetry; None: a new trace).
+            token = OUTGOING.set(run.carrier)
+            try:
+                with bind_context(request_id=run.request_id):
                     try:
-                        await self._publisher.publish(event, subject=subject)
-                    except BadRequest as exc:
-                        failed[int(row["position"])] = str(exc)
-                    else:
-                        sent.append(int(row["position"]))
+                        await self._publisher.publish_many(events, subject=subject)
+                        sent.extend(int(row["position"]) for row in rows_of_run)
+                        continue
+                    except BadRequest:
+                        pass
+                    # One event of the run is refused for good: publish them one by one.
+                    for row, event in zip(rows_of_run, events, strict=True):
+                        try:
+                            await self._publisher.publish(event, subject=subject)
+                        except BadRequest as exc:
+                            failed[int(row["position"])] = str(exc)
+                        else:
+                            sent.append(int(row["position"]))
+            finally:
+                OUTGOING.reset(token)
         return sent, failed
 
     async def _fail(self, tx: Transaction, position: int, reason: str) -> None:

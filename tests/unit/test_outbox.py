@@ -109,11 +109,14 @@ class TestInstall:
         rows = await db.fetch_all(
             "SELECT version FROM hexinfra_migrations WHERE namespace = 'hexinfra'"
         )
-        assert [r["version"] for r in rows] == ["0001"]
+        assert [r["version"] for r in rows] == ["0001", "0002"]
         import importlib.resources
 
         files = importlib.resources.files("adapters.outbox") / "migrations"
-        assert [s.state for s in await status(db, files, namespace="hexinfra")] == ["applied"]
+        assert [s.state for s in await status(db, files, namespace="hexinfra")] == [
+            "applied",
+            "applied",
+        ]
 
     def test_sql_outbox_is_the_port(self, outbox: SqlOutbox) -> None:
         """SqlOutbox satisfies ports.outbox.Outbox."""
