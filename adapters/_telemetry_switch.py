@@ -7,14 +7,18 @@ is installed and an SDK TracerProvider is configured in the process (ADR 0031).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from adapters._extras import _installed, require_extra
 from domain_errors import ConfigurationError
 from ports.database import Database
 from ports.events import Publisher, Subscriber
 
-__all__ = ["telemetry_wanted", "traced_ports"]
+if TYPE_CHECKING:
+    from adapters.outbox import OutboxRelay
+    from adapters.telemetry import OutboxLagGauge
+
+__all__ = ["telemetry_wanted", "traced_ports", "lag_gauge"]
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -64,3 +68,11 @@ def traced_ports(
         TracedPublisher(publisher, telemetry=telemetry),
         TracedSubscriber(subscriber, telemetry=telemetry),
     )
+
+
+def lag_gauge(relay: OutboxRelay) -> OutboxLagGauge:
+    """The ``hexinfra.outbox.lag`` gauge sampling ``relay`` (global providers); only
+    call it when :func:`telemetry_wanted` said so."""
+    from adapters.telemetry import OutboxLagGauge
+
+    return OutboxLagGauge(relay)

@@ -97,6 +97,14 @@ class _Unhealthy(ServiceUnavailable):
         self.report = dict(report)
 
 
+class _Sampler(Protocol):
+    """What the relay component needs of a gauge that samples it (OutboxLagGauge)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class _RelayComponent:
     """The outbox relay as the last component: ``connect`` installs the outbox and
     inbox tables and starts the relay, ``close`` stops it (before the publisher and
@@ -116,10 +124,14 @@ class _RelayComponent:
         self._logger = logger
         self._clock = clock
         self.max_lag = max_lag
+        self.lag_gauge: _Sampler | None = None
+        """The ``hexinfra.outbox.lag`` gauge, when telemetry is on (ADR 0031)."""
 
     async def connect(self) -> None:
         await install(self._database, logger=self._logger, clock=self._clock)
         await self.relay.start()
+        if self.lag_gauge is not None:
+            await self.lag_gauge.start()
 
     async def health_check(self) -> Mapping[str, Any]:
         report = {
@@ -134,6 +146,8 @@ class _RelayComponent:
         return report
 
     async def close(self, timeout: float = 10.0) -> None:
+        if self.lag_gauge is not None:
+            await self.lag_gauge.stop()
         await self.relay.stop(timeout)
 
 
@@ -396,13 +410,16 @@ def build_infrastructure(
     # The relay polls through the unwrapped database (no span per poll) and publishes
     # through the traced publisher.
     polled = database
-    from ._telemetry_switch import telemetry_wanted, traced_ports
+    from ._telemetry_switch import lag_gauge, telemetry_wanted, traced_ports
 
-    if telemetry_wanted(config.get("OTEL_ENABLED")):
+    traced = telemetry_wanted(config.get("OTEL_ENABLED"))
+    if traced:
         database, publisher, subscriber = traced_ports(database, publisher, subscriber)
     # --- end OpenTelemetry
     relay = _relay(config, mode, database=polled, publisher=publisher, logger=logger, clock=clock)
     if relay is not None:
+        if traced:
+            relay.lag_gauge = lag_gauge(relay.relay)
         components.append(("outbox", relay))
     return Infrastructure(
         config=config,

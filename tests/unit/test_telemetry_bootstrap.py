@@ -37,6 +37,30 @@ class TestBuildInfrastructure:
             join_logs_to_traces(False)
             expose_current_context(False)
 
+    async def test_otel_enabled_samples_the_outbox_lag_while_running(self) -> None:
+        """With telemetry on, the outbox relay component carries the
+        ``hexinfra.outbox.lag`` gauge, sampling while the infrastructure runs and
+        stopped when it closes."""
+        from adapters.bootstrap import build_infrastructure
+        from adapters.memory import InMemoryConfig
+        from adapters.telemetry import OutboxLagGauge
+
+        try:
+            infra = build_infrastructure(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory", "OTEL_ENABLED": "true"}),
+                logger=RecordingLogger(),
+            )
+            [relay] = [c for name, c in infra._components if name == "outbox"]
+            gauge = relay.lag_gauge  # type: ignore[attr-defined]
+            assert isinstance(gauge, OutboxLagGauge)
+            async with infra:
+                assert gauge._task is not None and not gauge._task.done()
+                assert await gauge.sample() == 0.0
+            assert gauge._task is None
+        finally:
+            join_logs_to_traces(False)
+            expose_current_context(False)
+
     def test_otel_disabled_or_unset_wraps_nothing(self) -> None:
         from adapters.bootstrap import build_infrastructure
         from adapters.memory import InMemoryConfig
@@ -47,3 +71,5 @@ class TestBuildInfrastructure:
             )
             assert isinstance(infra.database, SqliteDatabase)
             assert isinstance(infra.publisher, InMemoryEventBus)
+            [relay] = [c for name, c in infra._components if name == "outbox"]
+            assert relay.lag_gauge is None  # type: ignore[attr-defined]
