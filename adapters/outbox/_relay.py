@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import orjson
 
+from adapters._event_rules import describe
 from adapters._trace_carrier import OUTGOING, Carrier
 from adapters.event_codec import trusted_event
 from domain_errors import BadRequest, DomainError
@@ -196,8 +197,19 @@ class OutboxRelay:
         sent: list[int] = []
         failed: dict[int, str] = {}
         for run in _runs(rows):
-            subject, rows_of_run = run.subject, run.rows
-            events = [_event(row) for row in rows_of_run]
+            subject, rows_of_run = run.subject, []
+            events = []
+            for row in run.rows:
+                try:
+                    events.append(_event(row))
+                except (ValueError, TypeError, KeyError, DomainError) as exc:
+                    # Not a stored event (another writer, a hand fix): never blocks
+                    # the rows behind it.
+                    failed[int(row["position"])] = f"row does not decode: {type(exc).__name__}"
+                    continue
+                rows_of_run.append(row)
+            if not events:
+                continue
             # The context the rows were written under: TracedPublisher's send span
             # continues it (no effect without telemetry; None: a new trace).
             token = OUTGOING.set(run.carrier)
@@ -323,12 +335,18 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.run_once()
-            except (DomainError, OSError) as exc:
+            except Exception as exc:  # the relay never dies: back off and try again
                 failures += 1
-                self._last_error = str(exc)
+                self._last_error = describe(exc)
                 delay = min(self.poll_interval * 2 ** min(failures - 1, 6), 30.0)
-                self._log.warning(
-                    "outbox relay batch failed; retrying", error=str(exc), retry_in_s=delay
+                log = (
+                    self._log.warning if isinstance(exc, DomainError | OSError) else self._log.error
+                )
+                log(
+                    "outbox relay batch failed; retrying",
+                    error=self._last_error,
+                    retry_in_s=delay,
+                    failures=failures,
                 )
                 await self._pause(delay)
                 continue

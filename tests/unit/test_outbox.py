@@ -371,3 +371,59 @@ class TestBackgroundLoop:
         assert relay.running
         await relay.stop(1)
         assert not relay.running
+
+    async def test_an_unexpected_failure_never_stops_the_relay(
+        self,
+        db: SqliteDatabase,
+        outbox: SqlOutbox,
+        relay: OutboxRelay,
+        publisher: Recorder,
+        bus: InMemoryEventBus,
+        clock: FakeClock,
+    ) -> None:
+        """A publisher raising something unexpected (not a DomainError) is logged and
+        retried after a backoff: the relay keeps running and publishes the row."""
+        real = publisher.publish_many
+        calls = 0
+
+        async def flaky(events: Sequence[Event], *, subject: str | None = None) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in a publisher wrapper")
+            return await real(events, subject=subject)
+
+        publisher.publish_many = flaky  # type: ignore[method-assign]
+        first = event(1)
+        await commit(db, outbox, first)
+        await relay.start()
+        await until_sleeping(clock)  # backing off after the failure
+        assert relay.running
+        assert relay.last_error is not None
+        assert "RuntimeError" in relay.last_error
+        clock.advance(60)
+        await asyncio.wait_for(publisher.published.wait(), 5)
+        assert bus.published == [first]
+        await relay.stop(1)
+
+
+class TestRowsThatDoNotDecode:
+    async def test_a_broken_row_is_marked_and_never_blocks_the_rest(
+        self, db: SqliteDatabase, outbox: SqlOutbox, relay: OutboxRelay, bus: InMemoryEventBus
+    ) -> None:
+        """A row whose data is not JSON (another writer, a hand fix) is marked with an
+        error; the rows behind it are published."""
+        first, second = event(1), event(2)
+        await commit(db, outbox, first, second)
+        await db.execute(
+            "UPDATE hexinfra_outbox SET data = %s WHERE event_id = %s", ("{not json", first.id)
+        )
+        assert await relay.run_once() == 1
+        assert bus.published == [second]
+        errors = await db.fetch_all(
+            "SELECT event_id, error FROM hexinfra_outbox WHERE error IS NOT NULL"
+        )
+        assert [(r["event_id"], r["error"]) for r in errors] == [
+            (first.id, "row does not decode: JSONDecodeError")
+        ]
+        assert await relay.run_once() == 0
