@@ -139,7 +139,9 @@ def _pending(
     return pending
 
 
-async def _apply(tx: Transaction, migration: Migration, namespace: str, clock: Clock) -> None:
+async def _apply(
+    tx: Transaction, migration: Migration, namespace: str, clock: Clock, *, reset: bool
+) -> None:
     statement: Statement | None = None
     try:
         for statement in migration.statements:
@@ -173,6 +175,11 @@ async def _apply(tx: Transaction, migration: Migration, namespace: str, clock: C
         _INSERT,
         (namespace, migration.version, migration.name, migration.checksum, clock.now()),
     )
+    if reset:
+        # A plain SET in a migration (search_path, lock_timeout, a role...) would stay on
+        # the pooled connection after the commit: the service's own queries must not
+        # run under it.
+        await tx.execute("RESET ALL")
 
 
 async def migrate(
@@ -228,7 +235,7 @@ async def migrate(
                 break
             migration = pending[0]
             started = clock.monotonic()
-            await _apply(tx, migration, namespace, clock)
+            await _apply(tx, migration, namespace, clock, reset=lock)
         done.append(migration.version)
         log.info(
             "migration applied",

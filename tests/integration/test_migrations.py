@@ -138,6 +138,26 @@ class TestMigrate:
         await migrate(db, tmp_path, logger=RecordingLogger())
         assert await db.fetch_all("SELECT t FROM p") == [{"t": "50%"}]
 
+    async def test_a_migrations_session_settings_do_not_reach_the_pool(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        """A plain SET in a migration (search_path, lock_timeout) is reset before its
+        pooled connection goes back to the service."""
+        (tmp_path / "0001_s.sql").write_text(
+            "SET lock_timeout = '3s';\nSET search_path TO nowhere, public;\n"
+            "CREATE TABLE s (n INTEGER);"
+        )
+        db = make_db(database_url, pool_min_size=1, pool_max_size=1)
+        await db.connect()
+        try:
+            await migrate(db, tmp_path, logger=RecordingLogger())
+            row = await db.fetch_one(
+                "SELECT current_setting('lock_timeout') AS lt, current_setting('search_path') AS sp"
+            )
+        finally:
+            await db.close()
+        assert row == {"lt": "0", "sp": '"$user", public'}
+
     async def test_status_reads_without_writing(self, db: PostgresDatabase, mdir: Path) -> None:
         """status() on a fresh database lists pending files and creates no table."""
         states = await status(db, mdir)

@@ -440,7 +440,7 @@ class _RecordingTx:
         if sql.startswith("SELECT pg_advisory_xact_lock"):
             self._db.lock_keys.append(params[0])  # type: ignore[index]
             return 1
-        if sql.startswith("SET TRANSACTION"):
+        if sql.startswith("SET TRANSACTION") or sql == "RESET ALL":
             return 0
         return await self._inner.execute(sql, params)
 
@@ -465,7 +465,8 @@ class TestLockPath:
 
     async def test_same_statements_apart_from_the_lock(self, mdir: Path) -> None:
         """With the lock, each transaction starts with SET TRANSACTION and the advisory
-        lock; without them the statement sequence is identical to the fake's."""
+        lock, and a migration's ends with RESET ALL (no session setting of a migration
+        stays on a pooled connection); without them the sequence is the fake's."""
         fake = SqliteDatabase()
         locking = _LockRecording(SqliteDatabase())
         plain = _LockRecording(fake)
@@ -476,11 +477,15 @@ class TestLockPath:
             await database.close()
         locks = [s for s in locking.statements if "pg_advisory_xact_lock" in s]
         assert len(locks) == 4  # the table, then one per transaction: 0001, 0002, up to date
-        assert not any("pg_advisory" in s or "SET TRANSACTION" in s for s in plain.statements)
+        assert locking.statements.count("RESET ALL") == 2  # one per applied migration
+        assert not any(
+            "pg_advisory" in s or "SET TRANSACTION" in s or s == "RESET ALL"
+            for s in plain.statements
+        )
         without_lock = [
             s
             for s in locking.statements
-            if not s.startswith(("SET TRANSACTION", "SELECT pg_advisory_xact_lock"))
+            if not s.startswith(("SET TRANSACTION", "SELECT pg_advisory_xact_lock", "RESET ALL"))
         ]
         assert without_lock == plain.statements
 
