@@ -54,7 +54,8 @@ class TestBuildInfrastructure:
             gauge = relay.lag_gauge  # type: ignore[attr-defined]
             assert isinstance(gauge, OutboxLagGauge)
             async with infra:
-                assert gauge._task is not None and not gauge._task.done()
+                assert gauge._task is not None
+                assert not gauge._task.done()
                 assert await gauge.sample() == 0.0
             assert gauge._task is None
         finally:
