@@ -136,7 +136,7 @@ class OrderService:
     async def totals(self, organization_id: str) -> OrderTotals:
         """The projection's totals for an organization (zeros if it has none yet)."""
         row = await self._db.fetch_one(
-            "SELECT organization_id, orders, amount_cents FROM order_totals"
+            "SELECT organization_id, orders, amount_cents FROM organization_totals"
             " WHERE organization_id = %s",
             (organization_id,),
         )
@@ -168,10 +168,10 @@ class TotalsProjection:
             # Retrying cannot fix a malformed event: dead-letter it at once.
             raise Reject("order.placed without an integer amount_cents")
         await tx.execute(
-            "INSERT INTO order_totals (organization_id, orders, amount_cents)"
+            "INSERT INTO organization_totals (organization_id, orders, amount_cents)"
             " VALUES (%s, 1, %s) ON CONFLICT (organization_id) DO UPDATE SET"
-            " orders = order_totals.orders + 1,"
-            " amount_cents = order_totals.amount_cents + excluded.amount_cents",
+            " orders = organization_totals.orders + 1,"
+            " amount_cents = organization_totals.amount_cents + excluded.amount_cents",
             (event.organization_id, amount),
         )
         self._log.info("order projected", order_id=event.data.get("id"))

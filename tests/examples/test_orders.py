@@ -133,6 +133,16 @@ class TestProjection:
         assert await world.inbox.processed("order-totals", event.id)
         assert len([r for r in world.log.records if r.message == "order projected"]) == 1
 
+    async def test_totals_past_the_integer_range_are_counted(self, world: World) -> None:
+        """Two orders of 1.5 billion cents for one organization: the total (past 2^31)
+        is counted, never dead-lettered as an overflow."""
+        await world.place("o-big-1", amount=1_500_000_000)
+        await world.place("o-big-2", amount=1_500_000_000)
+        assert await world.flush() == 2
+        totals = await world.service.totals("org-1")
+        assert (totals.orders, totals.amount_cents) == (2, 3_000_000_000)
+        assert world.bus.dead_letters == []
+
     async def test_domain_has_no_dedupe_table(self, world: World) -> None:
         """The service's migrations leave no hand-written table of handled events."""
         names = await world.db.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")

@@ -267,7 +267,9 @@ async def settle_and_measure(w: World, began: float, label: str) -> Figures:
         return int(info.state.messages)
 
     async def projected() -> int:
-        return int(await w.db.fetch_value("SELECT coalesce(sum(orders), 0) FROM order_totals"))
+        return int(
+            await w.db.fetch_value("SELECT coalesce(sum(orders), 0) FROM organization_totals")
+        )
 
     async def caught_up() -> bool:
         return await stream_count() >= len(committed) and await projected() >= len(committed)
@@ -285,7 +287,7 @@ async def settle_and_measure(w: World, began: float, label: str) -> Figures:
     totals = {
         row["organization_id"]: (int(row["orders"]), int(row["amount_cents"]))
         for row in await w.db.fetch_all(
-            "SELECT organization_id, orders, amount_cents FROM order_totals"
+            "SELECT organization_id, orders, amount_cents FROM organization_totals"
         )
     }
     unsent = await w.db.fetch_value("SELECT count(*) FROM hexinfra_outbox WHERE sent_at IS NULL")

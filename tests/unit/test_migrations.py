@@ -193,6 +193,7 @@ class TestFiles:
         assert [m.file for m in files] == [
             "0001_create_orders.sql",
             "0002_drop_processed_events.sql",
+            "0003_bigint_totals.sql",
         ]
         assert len(files[0].statements) == 3
 
