@@ -7,7 +7,7 @@ from typing import Final
 
 from domain_errors import ConfigurationError
 
-__all__ = ["EXTRAS", "require_extra"]
+__all__ = ["EXTRAS", "require_extra", "installed"]
 
 EXTRAS: Final = {
     "postgres": ("psycopg", "psycopg_pool"),
@@ -20,7 +20,7 @@ EXTRAS: Final = {
 def require_extra(extra: str, adapter: str) -> None:
     """``ConfigurationError`` naming ``extra`` when one of its modules is missing (an
     adapter's driver that ``pip install 'hexinfra[<extra>]'`` brings)."""
-    missing = [name for name in EXTRAS[extra] if not _installed(name)]
+    missing = [name for name in EXTRAS[extra] if not installed(name)]
     if missing:
         raise ConfigurationError(
             f"{adapter} needs {', '.join(missing)}, which the {extra!r} extra installs: "
@@ -29,7 +29,8 @@ def require_extra(extra: str, adapter: str) -> None:
         )
 
 
-def _installed(name: str) -> bool:
+def installed(name: str) -> bool:
+    """Whether module ``name`` can be imported (without importing it)."""
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # ValueError: blocked (sys.modules[name] is None)

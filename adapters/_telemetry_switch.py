@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from adapters._extras import _installed, require_extra
+from adapters._extras import installed, require_extra
 from domain_errors import ConfigurationError
 from ports.database import Database
 from ports.events import Publisher, Subscriber
@@ -37,7 +37,7 @@ def telemetry_wanted(setting: str | None) -> bool:
             )
         require_extra("otel", "OTEL_ENABLED=true")
         return True
-    if not _installed("opentelemetry.trace"):
+    if not installed("opentelemetry.trace"):
         return False
     from adapters.telemetry import sdk_configured
 

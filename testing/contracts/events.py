@@ -174,7 +174,7 @@ class NatsEventHarness:
     @property
     def max_payload(self) -> int:
         """The server's ``max_payload``, as the connected client read it."""
-        return int(self.connection.client.max_payload)
+        return self.connection.max_payload
 
     async def wait_until(
         self, predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = ""
