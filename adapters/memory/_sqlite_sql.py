@@ -839,6 +839,46 @@ def _check_arithmetic(sig: list[Tok], scope: _Scope) -> None:
             raise unsupported(f"arithmetic on {ctype.pg_name.upper()} values")
 
 
+def _top_level_arithmetic(sig: list[Tok]) -> bool:
+    depth = 0
+    for n, tok in enumerate(sig):
+        depth += (tok.text == "(") - (tok.text == ")")
+        if depth == 0 and n > 0 and tok.kind == "op" and tok.text in _ARITH:
+            return True
+    return False
+
+
+def _integer_arithmetic(sig: list[Tok], scope: _Scope) -> Kind | None:
+    """``int4`` or ``int8`` when ``sig`` is arithmetic on INTEGER / BIGINT columns and
+    integer literals only (PostgreSQL's result type, whose range the result must fit:
+    SQLite would return a wider integer or, past 64 bits, a float)."""
+    operands: list[list[Tok]] = [[]]
+    depth = 0
+    for tok in sig:
+        depth += (tok.text == "(") - (tok.text == ")")
+        if depth == 0 and tok.kind == "op" and tok.text in _ARITH:
+            operands.append([])
+        else:
+            operands[-1].append(tok)
+    if len(operands) < 2:
+        return None
+    kinds: set[Kind] = set()
+    for operand in operands:
+        if not operand:
+            continue  # a unary sign
+        inner = _strip_parens(operand)
+        column = scope.column(inner)
+        if column is not None and column.kind in ("int4", "int8"):
+            kinds.add(column.kind)
+        elif len(inner) == 1 and inner[0].kind == "num" and inner[0].text.isdigit():
+            kinds.add("int4" if int(inner[0].text) < 2**31 else "int8")
+        elif len(inner) < len(operand) and (nested := _integer_arithmetic(inner, scope)):
+            kinds.add(nested)
+        else:
+            return None
+    return "int8" if "int8" in kinds else "int4" if kinds else None
+
+
 def _strip_parens(sig: list[Tok]) -> list[Tok]:
     while len(sig) >= 2 and sig[0].text == "(" and _match_paren(sig, 0) == len(sig) - 1:
         sig = sig[1:-1]
@@ -955,7 +995,7 @@ def _item(  # noqa: PLR0912, PLR0915 - one branch per kind of select item
             name = alias or cast_name
     elif len(inner) == 1 and inner[0].up == "CURRENT_TIMESTAMP":
         name, hint = name or "current_timestamp", "HXTS"
-    elif "::" in texts and not _is_boolean(inner):
+    elif "::" in texts and not _is_boolean(inner) and not _top_level_arithmetic(inner):
         at = max(n for n, t in enumerate(inner) if t.text == "::")
         ctype, _ = parse_type(inner, at + 1)
         hint = _HINT_OF_KIND.get(ctype.kind)
@@ -973,6 +1013,9 @@ def _item(  # noqa: PLR0912, PLR0915 - one branch per kind of select item
             name = name or "bool"
     elif inner and inner[0].up == "CASE":
         name = name or "case"
+    else:
+        kind = _integer_arithmetic(inner, scope)
+        hint = None if kind is None else f"HX{kind.upper()}"
     if name is None:
         name = "?column?"
     if hint is None and not _is_boolean(inner):

@@ -497,7 +497,21 @@ def _hint_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+def _hint_integer(kind: Kind) -> Callable[[Any], int]:
+    low, high = _RANGES[kind]
+
+    def check(value: Any) -> int:
+        # SQLite widens an overflowing product to a float; PostgreSQL raises.
+        if isinstance(value, int) and low <= value <= high:
+            return value
+        raise data_error("22003", f"{_PG_NAMES[kind]} out of range")
+
+    return check
+
+
 HINTS: Final[dict[str, Callable[[Any], Any]]] = {
+    "HXINT4": _hint_integer("int4"),
+    "HXINT8": _hint_integer("int8"),
     "HXDEC": _hint_decimal,
     "HXBOOL": lambda value: bool(value) if isinstance(value, int | float) else value,
     "HXTS": lambda value: _read_timestamptz(str(value).encode()),

@@ -153,3 +153,37 @@ def test_outside_the_subset_the_fake_names_the_construct(
         pair.run(pair.fake.execute(text, params))
     assert "outside the documented subset" in str(caught.value)
     assert construct.lower() in str(caught.value).lower()
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "a + 1",
+        "a * 2",
+        "(a + 1) * 2",
+        "a - -5",
+        "a * b",
+        "b + 1",
+        "b * 9223372",
+        "b * 2 - b",
+        "a * 2::bigint",
+        "a * 2147483648",
+        "-a * 2",
+    ],
+)
+def test_integer_arithmetic_answers_or_overflows_alike(pair: _Pair, expression: str) -> None:
+    """Arithmetic on INTEGER and BIGINT columns gives PostgreSQL's value and column name,
+    or its out-of-range error (SQLite would widen the integer or return a float)."""
+    table = unique_table_name("hxp")
+
+    async def body(db: Database) -> Any:
+        await db.execute(f"CREATE TABLE {table} (a INTEGER, b BIGINT)")
+        try:
+            await db.execute(
+                f"INSERT INTO {table} VALUES (%s, %s)", (2_000_000_000, 9_000_000_000_000_000_000)
+            )
+            return await _outcome(db, f"SELECT {expression} FROM {table}", ())
+        finally:
+            await db.execute(f"DROP TABLE IF EXISTS {table}")
+
+    assert pair.run(body(pair.fake)) == pair.run(body(pair.real))
