@@ -96,9 +96,12 @@ class ColumnType:
 
     @property
     def collation(self) -> str | None:
-        return {"numeric": "hx_numeric", "timestamptz": "hx_timestamptz", "uuid": "hx_uuid"}.get(
-            self.kind
-        )
+        return {
+            "numeric": "hx_numeric",
+            "timestamptz": "hx_timestamptz",
+            "uuid": "hx_uuid",
+            "jsonb": "hx_jsonb",
+        }.get(self.kind)
 
     def sql_args(self) -> str:
         """``'kind', p, s`` for the check and canonicalizing functions."""
@@ -479,6 +482,7 @@ def install(conn: sqlite3.Connection) -> None:
     conn.create_collation("hx_numeric", _collation(lambda t: Decimal(t.strip())))
     conn.create_collation("hx_timestamptz", _collation(parse_timestamptz))
     conn.create_collation("hx_uuid", _collation(_uuid))
+    conn.create_collation("hx_jsonb", _collation(_json_text))
     conn.create_function("hx_check", 4, _check, deterministic=True)
     conn.create_function("hx_canon", 4, canonical, deterministic=True)
     conn.create_function("hx_cast", 4, _cast, deterministic=True)

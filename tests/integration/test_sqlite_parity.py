@@ -187,3 +187,29 @@ def test_integer_arithmetic_answers_or_overflows_alike(pair: _Pair, expression: 
             await db.execute(f"DROP TABLE IF EXISTS {table}")
 
     assert pair.run(body(pair.fake)) == pair.run(body(pair.real))
+
+
+@pytest.mark.parametrize(
+    ("stored", "compared"),
+    [
+        ('{"a": 1, "b": [1, 2]}', '{"b":[1,2],"a":1}'),
+        ('{"a": 1}', '{"a": 1, "a": 1}'),
+        ('{"a": 1}', '{"a": 2}'),
+        ('[1, "x", null]', '[1,"x",null]'),
+        ('"text"', '"text"'),
+    ],
+)
+def test_jsonb_equality_compares_values_alike(pair: _Pair, stored: str, compared: str) -> None:
+    """``=`` on a JSONB column compares JSON values (key order and spacing aside), as
+    PostgreSQL does, not the text a parameter was written in."""
+    table = unique_table_name("hxp")
+
+    async def body(db: Database) -> Any:
+        await db.execute(f"CREATE TABLE {table} (id INTEGER, j JSONB)")
+        try:
+            await db.execute(f"INSERT INTO {table} VALUES (1, %s)", (stored,))
+            return await _outcome(db, f"SELECT id FROM {table} WHERE j = %s", (compared,))
+        finally:
+            await db.execute(f"DROP TABLE IF EXISTS {table}")
+
+    assert pair.run(body(pair.fake)) == pair.run(body(pair.real))
