@@ -4,13 +4,20 @@ The NATS subscription and the in-memory bus both ask these pure functions, so th
 they cannot drift apart on when an event is acked, retried or dead-lettered.
 ``attempt`` is always the number of the handler run (1-based), never the broker's
 delivery count: a delivery the handler never saw uses up nothing.
+
+A subscription also tells a :class:`DeliveryObserver` what it decided, when its
+handler carries one (``TracedSubscriber``'s does: ADR 0031): metrics then count the
+verdicts the subscription acted on, never a guess made beside it. The observer is
+looked up once per subscription (:func:`observer_of`); without one a verdict costs
+one ``is None`` test more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import attrs
 
@@ -32,6 +39,10 @@ __all__ = [
     "undecodable",
     "is_own_cancellation",
     "REASON_TIMEOUT",
+    "DeliveryObserver",
+    "observer_of",
+    "notify_ran",
+    "notify_dead_lettered",
 ]
 
 REASON_TIMEOUT: Final = "handler_timeout"
@@ -109,3 +120,46 @@ def is_own_cancellation(exc: BaseException) -> bool:
         return False
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+class DeliveryObserver(Protocol):
+    """Told by a subscription what its delivery policy decided (stdlib only: the
+    ports and core adapters never import OpenTelemetry)."""
+
+    def attached(self) -> None:
+        """A subscription took this observer: it will report every verdict."""
+
+    def ran(self, action: Literal["ack", "retry", "dead_letter"]) -> None:
+        """A handler run was judged: ``action`` is the verdict's. Never called for a
+        run the subscription takes back (its own cancellation: ``stop()``, shutdown)."""
+
+    def dead_lettered(self, reason: str) -> None:
+        """A dead letter was stored (after a run, without one, or for a message that
+        does not decode), with its ``reason``."""
+
+
+def observer_of(handler: object) -> DeliveryObserver | None:
+    """The observer ``handler`` carries as ``delivery_observer`` (told it is
+    :meth:`~DeliveryObserver.attached`), or ``None``. A subscription calls this once,
+    before its first delivery."""
+    observer: DeliveryObserver | None = getattr(handler, "delivery_observer", None)
+    if observer is not None:
+        observer.attached()
+    return observer
+
+
+def notify_ran(
+    observer: DeliveryObserver | None, action: Literal["ack", "retry", "dead_letter"]
+) -> None:
+    """Tell ``observer`` (if any) a run was judged; an observer's failure never
+    reaches the subscription."""
+    if observer is not None:
+        with contextlib.suppress(Exception):  # metrics never break delivery
+            observer.ran(action)
+
+
+def notify_dead_lettered(observer: DeliveryObserver | None, reason: str) -> None:
+    """Tell ``observer`` (if any) a dead letter was stored; never raising."""
+    if observer is not None:
+        with contextlib.suppress(Exception):  # metrics never break delivery
+            observer.dead_lettered(reason)

@@ -20,6 +20,9 @@ from adapters._delivery_policy import (
     after_run,
     before_run,
     is_own_cancellation,
+    notify_dead_lettered,
+    notify_ran,
+    observer_of,
     undecodable,
 )
 from adapters._event_rules import (
@@ -192,6 +195,8 @@ class InMemorySubscription:
         self._bus = bus
         self._durable = durable
         self._handler = handler
+        # TracedSubscriber's handler carries an observer of the verdicts (ADR 0031).
+        self._observer = observer_of(handler)
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
         self._backoff = backoff
@@ -299,8 +304,8 @@ class InMemorySubscription:
                 if failure is not None:
                     with bind_context(request_id=rid):  # retry / dead-letter lines too
                         self._failed(index, stored, attempt, failure, timed_out)
-                elif attempt > 1:
-                    del attempts[index]
+                elif attempt > 1 or self._observer is not None:
+                    self._succeeded(index, attempt)
             except BaseException:
                 # Cancelled mid-event (stop timed out, or the loop is going down): the
                 # event goes back to the durable at once, and, as after a crash, the
@@ -316,6 +321,12 @@ class InMemorySubscription:
                 # A ready backlog never starves the other tasks of the loop.
                 since_yield = 0
                 await asyncio.sleep(0)
+
+    def _succeeded(self, index: int, attempt: int) -> None:
+        """Handler run ``attempt`` returned: the event is acked."""
+        notify_ran(self._observer, "ack")
+        if attempt > 1:
+            del self._durable.attempts[index]
 
     def _prepare(self, index: int, attempt: int) -> tuple[Event, Event, str | None] | None:
         """The stored event, the delivery's own copy of it and the request id; or
@@ -392,6 +403,7 @@ class InMemorySubscription:
             backoff=self._backoff,
             timed_out=timed_out,
         )
+        notify_ran(self._observer, verdict.action)
         if verdict.action == "retry":
             durable.attempts[index] = attempt
             _log(
@@ -452,6 +464,7 @@ class InMemorySubscription:
                 error=error,
             )
         )
+        notify_dead_lettered(self._observer, reason)
 
 
 def _handler_context(event: Event, rid: str | None, attempt: int) -> bind_context:

@@ -16,7 +16,15 @@ from nats.aio.subscription import Subscription as NatsSubscription_
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import event_codec
-from adapters._delivery_policy import Verdict, after_run, before_run, is_own_cancellation
+from adapters._delivery_policy import (
+    Verdict,
+    after_run,
+    before_run,
+    is_own_cancellation,
+    notify_dead_lettered,
+    notify_ran,
+    observer_of,
+)
 from adapters._delivery_policy import undecodable as undecodable_verdict
 from adapters._event_rules import (
     REASON_MAX_DELIVER,
@@ -82,6 +90,8 @@ class NatsSubscription:
         self._wire_subject = f"{s.prefix}.{subject}"
         self._prefix_len = len(s.prefix) + 1
         self._handler = handler
+        # TracedSubscriber's handler carries an observer of the verdicts (ADR 0031).
+        self._observer = observer_of(handler)
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
         self._backoff = backoff
@@ -471,6 +481,7 @@ class NatsSubscription:
                     await self._failures.write(self._consumer, msg.stream_sequence, runs)
             raise
         if failure is None:
+            notify_ran(self._observer, "ack")
             try:
                 await msg.ack()
             except Exception as exc:
@@ -489,6 +500,7 @@ class NatsSubscription:
             backoff=self._backoff,
             timed_out=timed_out,
         )
+        notify_ran(self._observer, verdict.action)
         if verdict.action == "retry":
             self._logger.warning(
                 "event handler failed; will retry",
@@ -641,6 +653,7 @@ class NatsSubscription:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=max(self._backoff or (1.0,)))
             return
+        notify_dead_lettered(self._observer, verdict.reason)
         self._logger.warning(
             "event dead-lettered",
             event_id=event_id,

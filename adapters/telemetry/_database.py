@@ -8,7 +8,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from typing import Any, Final, cast
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ports.database import Database, Params, Queryable, Row, Transaction
@@ -43,6 +42,12 @@ def db_system(database: object) -> str:
     if "sqlite" in name:
         return "sqlite"
     return "other_sql"
+
+
+def _default_pool_name(owner: object, system: str) -> str:
+    settings = getattr(owner, "settings", None)
+    name = getattr(settings, "application_name", None)
+    return name if isinstance(name, str) and name else system
 
 
 class _Traced:
@@ -125,7 +130,11 @@ class TracedDatabase(_Traced):
     as written, whose values are always parameters and never recorded) and the
     ``hexinfra.db.query.duration`` histogram; ``hexinfra.db.pool.in_use`` /
     ``hexinfra.db.pool.waiting`` gauges when the database reports its pool
-    (``pool_usage()``). Other attributes pass through to ``database``."""
+    (``pool_usage()``), with ``db.client.connection.pool.name`` (``pool_name``, by
+    default the database's ``settings.application_name``, else ``db.system.name``).
+    A pool is one source of each gauge per meter provider however often it is wrapped
+    (``TracedDatabase(TracedDatabase(db))``, two wrappers over one database); pools
+    sharing a name are summed. Other attributes pass through to ``database``."""
 
     __slots__ = ("_gauges",)
 
@@ -137,34 +146,33 @@ class TracedDatabase(_Traced):
         meter_provider: metrics.MeterProvider | None = None,
         system: str | None = None,
         telemetry: Telemetry | None = None,
+        pool_name: str | None = None,
     ) -> None:
         tel = telemetry or Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
         super().__init__(database, tel, system or db_system(database))
         self._gauges: Sequence[object] = ()
         usage = getattr(database, "pool_usage", None)
         if callable(usage):
-            labels = {"db.system.name": self._system}
-
-            def in_use(_: CallbackOptions) -> list[Observation]:
-                return [Observation(usage()[0], labels)]
-
-            def waiting(_: CallbackOptions) -> list[Observation]:
-                return [Observation(usage()[1], labels)]
-
-            self._gauges = (
-                tel.meter.create_observable_gauge(
-                    "hexinfra.db.pool.in_use",
-                    [in_use],
-                    unit="{connection}",
-                    description="Connections held by callers",
-                ),
-                tel.meter.create_observable_gauge(
-                    "hexinfra.db.pool.waiting",
-                    [waiting],
-                    unit="{request}",
-                    description="Callers waiting for a connection",
-                ),
+            # The pool's owner (a wrapper's __getattr__ hands out its bound method):
+            # however often it is wrapped, its pool is one source of each gauge.
+            owner = getattr(usage, "__self__", usage)
+            pool = pool_name or _default_pool_name(owner, self._system)
+            labels = {"db.system.name": self._system, "db.client.connection.pool.name": pool}
+            in_use = tel.shared_gauge(
+                "hexinfra.db.pool.in_use",
+                unit="{connection}",
+                description="Connections held by callers (0 when idle), summed per pool name",
+                combine="sum",
             )
+            waiting = tel.shared_gauge(
+                "hexinfra.db.pool.waiting",
+                unit="{request}",
+                description="Callers waiting for a connection (0 when idle), summed per pool name",
+                combine="sum",
+            )
+            in_use.add(owner, lambda o: [(o.pool_usage()[0], labels)])
+            waiting.add(owner, lambda o: [(o.pool_usage()[1], labels)])
+            self._gauges = (in_use, waiting)
 
     @property
     def wrapped(self) -> Database:

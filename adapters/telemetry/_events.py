@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from adapters._delivery_policy import DeliveryObserver, after_run, is_own_cancellation
 from adapters._trace_carrier import INCOMING, OUTGOING
 from ports.context import current_context
 from ports.events import (
@@ -20,7 +21,6 @@ from ports.events import (
     Handler,
     PublishAck,
     Publisher,
-    Reject,
     Subscriber,
     Subscription,
 )
@@ -155,8 +155,11 @@ class TracedSubscriber:
     CONSUMER span (``process <subject>``) that continues the producer's trace: the
     context in ``ce-traceparent`` is the span's parent and also a link (ADR 0031);
     an event without one starts a new trace. Records ``hexinfra.events.handled``
-    by outcome (``ack``, ``retry``, ``dead_letter``), ``hexinfra.events.handler.
-    duration`` and ``hexinfra.events.dead_letters``."""
+    by outcome (``ack``, ``retry``, ``dead_letter``) as the subscription decided it
+    (a run cut short by ``stop()`` is taken back and not counted),
+    ``hexinfra.events.handler.duration`` (every run) and
+    ``hexinfra.events.dead_letters`` by ``hexinfra.dead_letter.reason`` (every dead
+    letter stored, an undecodable message's included)."""
 
     def __init__(
         self,
@@ -189,8 +192,14 @@ class TracedSubscriber:
         concurrency: int = 1,
         handler_timeout: float | None = None,
     ) -> Subscription:
-        traced = _traced_handler(
-            self._tel, self._system, subject, handler, durable=durable, max_deliver=max_deliver
+        traced = _TracedHandler(
+            self._tel,
+            self._system,
+            subject,
+            handler,
+            durable=durable,
+            max_deliver=max_deliver,
+            backoff=backoff,
         )
         return await self._inner.subscribe(
             subject,
@@ -210,37 +219,112 @@ class TracedSubscriber:
         return f"TracedSubscriber({self._inner!r})"
 
 
-def _traced_handler(
-    tel: Telemetry,
-    system: str,
-    subject: str,
-    handler: Handler,
-    *,
-    durable: str,
-    max_deliver: int,
-) -> Handler:
-    tracer = tel.tracer
-    wildcard = "*" in subject or ">" in subject
-    labels = {
-        "messaging.system": system,
-        "messaging.destination.name": subject,
-        "messaging.consumer.group.name": durable,
-    }
-    span_name = f"process {subject}"
+_OUTCOMES: Final = ("ack", "retry", "dead_letter")
 
-    async def traced(event: Event) -> None:
-        remote = extract(INCOMING.get())
-        attempt = current_context().get("attempt")
-        attributes: dict[str, Any] = {
+
+class _TracedHandler:
+    """The handler run in a CONSUMER span, timed, and the subscription's observer
+    (``adapters._delivery_policy.DeliveryObserver``): ``hexinfra.events.handled`` and
+    ``hexinfra.events.dead_letters`` count the verdicts the subscription reports, so
+    they are what it did (a timeout, a ``Reject``, the last attempt, a run taken back
+    by ``stop()``), never a guess. Under a subscriber that does not report (one that
+    wraps handlers, or another implementation of the port), the wrapper judges each
+    run itself with the same pure policy (``after_run``); a run ended by its task's
+    own cancellation is then counted as taken back (a ``handler_timeout`` enforced by
+    such a subscriber included)."""
+
+    __slots__ = (
+        "_attached",
+        "_backoff",
+        "_durable",
+        "_handler",
+        "_inner_observer",
+        "_labels",
+        "_max_deliver",
+        "_outcome_labels",
+        "_reason_labels",
+        "_span_name",
+        "_static",
+        "_subject",
+        "_tel",
+        "_wildcard",
+    )
+
+    def __init__(
+        self,
+        tel: Telemetry,
+        system: str,
+        subject: str,
+        handler: Handler,
+        *,
+        durable: str,
+        max_deliver: int,
+        backoff: Sequence[float],
+    ) -> None:
+        self._tel = tel
+        self._handler = handler
+        self._max_deliver = max_deliver
+        self._backoff = tuple(backoff)
+        self._subject = subject
+        self._durable = durable
+        self._wildcard = "*" in subject or ">" in subject
+        self._span_name = f"process {subject}"
+        self._labels: dict[str, Any] = {
             "messaging.system": system,
-            "messaging.destination.name": event.type if wildcard else subject,
+            "messaging.destination.name": subject,
+            "messaging.consumer.group.name": durable,
+        }
+        self._outcome_labels = {o: {**self._labels, "hexinfra.outcome": o} for o in _OUTCOMES}
+        self._reason_labels: dict[str, dict[str, Any]] = {}
+        self._static: dict[str, Any] = {
+            "messaging.system": system,
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.consumer.group.name": durable,
+        }
+        if self._wildcard:
+            self._static["messaging.destination.template"] = subject
+        # A handler that is itself observed (another TracedSubscriber's, a user's
+        # observer) still hears every verdict.
+        self._inner_observer: DeliveryObserver | None = getattr(handler, "delivery_observer", None)
+        self._attached = False
+
+    # --- DeliveryObserver: what the subscription decided -----------------------------
+
+    @property
+    def delivery_observer(self) -> DeliveryObserver:
+        return self
+
+    def attached(self) -> None:
+        self._attached = True
+        if self._inner_observer is not None:
+            self._inner_observer.attached()
+
+    def ran(self, action: Literal["ack", "retry", "dead_letter"]) -> None:
+        self._tel.handled.add(1, self._outcome_labels[action])
+        if self._inner_observer is not None:
+            self._inner_observer.ran(action)
+
+    def dead_lettered(self, reason: str) -> None:
+        labels = self._reason_labels.get(reason)
+        if labels is None:
+            labels = {**self._labels, "hexinfra.dead_letter.reason": reason}
+            if len(self._reason_labels) < 16:  # reasons are a handful of constants
+                self._reason_labels[reason] = labels
+        self._tel.dead_letters.add(1, labels)
+        if self._inner_observer is not None:
+            self._inner_observer.dead_lettered(reason)
+
+    # --- the run ---------------------------------------------------------------------
+
+    async def __call__(self, event: Event) -> None:
+        remote = extract(INCOMING.get())
+        attempt = current_context().get("attempt")
+        attributes: dict[str, Any] = {
+            **self._static,
+            "messaging.destination.name": event.type if self._wildcard else self._subject,
             "messaging.message.id": event.id,
         }
-        if wildcard:
-            attributes["messaging.destination.template"] = subject
         if isinstance(attempt, int):
             attributes["hexinfra.attempt"] = attempt
         # The producer's context is the parent (one trace end to end) and a link (as
@@ -252,10 +336,10 @@ def _traced_handler(
             else otel_context.Context()
         )
         links = [Link(remote)] if remote is not None else None
+        tel = self._tel
         start = time.perf_counter()
-        outcome = "ack"
-        with tracer.start_as_current_span(
-            span_name,
+        with tel.tracer.start_as_current_span(
+            self._span_name,
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
@@ -264,17 +348,28 @@ def _traced_handler(
             set_status_on_exception=False,
         ) as span:
             try:
-                await handler(event)
+                await self._handler(event)
             except BaseException as exc:
-                last = isinstance(attempt, int) and attempt >= max_deliver
-                outcome = "dead_letter" if isinstance(exc, Reject) or last else "retry"
                 _failed(span, exc)
+                if is_own_cancellation(exc):
+                    # stop() (taken back) or a handler_timeout (a failed run): only
+                    # the subscription knows which; its report is what counts.
+                    tel.handler_duration.record(time.perf_counter() - start, self._labels)
+                    raise
+                verdict = after_run(
+                    exc,
+                    attempt=attempt if isinstance(attempt, int) else 0,
+                    max_deliver=self._max_deliver,
+                    backoff=self._backoff,
+                )
+                span.set_attribute("hexinfra.outcome", verdict.action)
+                tel.handler_duration.record(time.perf_counter() - start, self._labels)
+                if not self._attached:
+                    self.ran(verdict.action)
+                    if verdict.action == "dead_letter":
+                        self.dead_lettered(verdict.reason)
                 raise
-            finally:
-                span.set_attribute("hexinfra.outcome", outcome)
-                tel.handler_duration.record(time.perf_counter() - start, labels)
-                tel.handled.add(1, {**labels, "hexinfra.outcome": outcome})
-                if outcome == "dead_letter":
-                    tel.dead_letters.add(1, labels)
-
-    return traced
+            span.set_attribute("hexinfra.outcome", "ack")
+            tel.handler_duration.record(time.perf_counter() - start, self._labels)
+            if not self._attached:
+                self.ran("ack")

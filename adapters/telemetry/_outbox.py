@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 
 from ._instruments import Telemetry
 
 __all__ = ["OutboxLagGauge"]
+
+_NO_ATTRIBUTES: Final[Mapping[str, Any]] = {}
 
 
 class _Lagging(Protocol):
@@ -25,7 +27,8 @@ class OutboxLagGauge:
     Metric readers call gauges synchronously, from their own thread, while the lag is
     a database query: :meth:`sample` reads it (``start()`` does so every ``interval``
     seconds in a task) and the gauge reports the last sample. Nothing is reported
-    before the first sample; a failed sample keeps the previous value."""
+    before the first sample; a failed sample keeps the previous value. Several gauges
+    over one meter provider (one per relay) report the largest lag."""
 
     def __init__(
         self,
@@ -42,16 +45,17 @@ class OutboxLagGauge:
         self.value: float | None = None
         self._task: asyncio.Task[None] | None = None
         tel = telemetry or Telemetry(meter_provider=meter_provider)
-        self._gauge = tel.meter.create_observable_gauge(
+        self._gauge = tel.shared_gauge(
             "hexinfra.outbox.lag",
-            [self._observe],
             unit="s",
-            description="Age of the oldest unsent outbox row",
+            description="Age of the oldest unsent outbox row (the largest of the relays')",
+            combine="max",
         )
+        self._gauge.add(self, OutboxLagGauge._observe)
 
-    def _observe(self, _: CallbackOptions) -> list[Observation]:
+    def _observe(self) -> list[tuple[float, Mapping[str, Any]]]:
         value = self.value
-        return [] if value is None else [Observation(value)]
+        return [] if value is None else [(value, _NO_ATTRIBUTES)]
 
     async def sample(self) -> float | None:
         """Read the relay's lag now; the new value, or ``None`` when it failed."""

@@ -13,6 +13,9 @@ from adapters._delivery_policy import (
     after_run,
     before_run,
     is_own_cancellation,
+    notify_dead_lettered,
+    notify_ran,
+    observer_of,
     undecodable,
 )
 from adapters._event_rules import backoff_delay
@@ -133,3 +136,55 @@ class TestOwnCancellation:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert seen == [True]
+
+
+class TestObserver:
+    """The seam through which a subscription reports its verdicts (telemetry)."""
+
+    def test_a_plain_handler_has_no_observer(self) -> None:
+        """A handler without ``delivery_observer``: None, and notifying None is a no-op."""
+
+        async def handler(event: object) -> None:
+            pass
+
+        assert observer_of(handler) is None
+        notify_ran(None, "ack")
+        notify_dead_lettered(None, "rejected")
+
+    def test_an_observer_is_attached_and_told(self) -> None:
+        """observer_of tells the observer it is attached; notifications reach it."""
+        heard: list[tuple[str, str]] = []
+
+        class Observer:
+            def attached(self) -> None:
+                heard.append(("attached", ""))
+
+            def ran(self, action: str) -> None:
+                heard.append(("ran", action))
+
+            def dead_lettered(self, reason: str) -> None:
+                heard.append(("dead_lettered", reason))
+
+        class Handler:
+            delivery_observer = Observer()
+
+        observer = observer_of(Handler())
+        notify_ran(observer, "retry")
+        notify_dead_lettered(observer, "undecodable")
+        assert heard == [("attached", ""), ("ran", "retry"), ("dead_lettered", "undecodable")]
+
+    def test_a_failing_observer_never_reaches_the_subscription(self) -> None:
+        """An observer that raises is ignored: metrics never break delivery."""
+
+        class Broken:
+            def attached(self) -> None:
+                pass
+
+            def ran(self, action: str) -> None:
+                raise RuntimeError("broken meter")
+
+            def dead_lettered(self, reason: str) -> None:
+                raise RuntimeError("broken meter")
+
+        notify_ran(Broken(), "ack")
+        notify_dead_lettered(Broken(), "rejected")

@@ -3,10 +3,13 @@ on the in-memory adapters with the OpenTelemetry SDK's in-memory exporter and re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import io
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -39,6 +42,7 @@ from domain_errors import ConfigurationError, Conflict
 from ports.database import Database, Transaction
 from ports.events import Event, Publisher, Reject, Subscriber
 from testing.fakes import FakeClock, RecordingLogger
+from tests.helpers import wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -57,6 +61,14 @@ class Otel:
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
+
+    def by(self, name: str, attribute: str) -> dict[Any, Any]:
+        """The points of ``name`` summed by ``attribute``'s value (counters)."""
+        totals: dict[Any, Any] = {}
+        for p in self.points(name):
+            key = p.attributes.get(attribute)
+            totals[key] = totals.get(key, 0) + p.value
+        return {k: v for k, v in totals.items() if v}
 
     def span(self, name: str) -> ReadableSpan:
         found = [s for s in self.spans() if s.name == name]
@@ -164,6 +176,39 @@ class TestDatabase:
         assert [p.value for p in otel.points("hexinfra.db.pool.waiting")] == [2]
         pooled.usage = (0, 0)
         assert [p.value for p in otel.points("hexinfra.db.pool.in_use")] == [0]
+
+    async def test_a_pool_is_one_source_however_often_it_is_wrapped(self, otel: Otel) -> None:
+        """Wrapped twice, or by two wrappers: one source; another pool on the same meter
+        is reported too (by pool name), never dropped; a discarded pool stops."""
+
+        class Pooled(SqliteDatabase):
+            def __init__(self, usage: tuple[int, int], name: str) -> None:
+                super().__init__()
+                self.usage = usage
+                self.settings = type("S", (), {"application_name": name})()
+
+            def pool_usage(self) -> tuple[int, int]:
+                return self.usage
+
+        first, other = Pooled((3, 2), "a"), Pooled((1, 0), "b")
+        TracedDatabase(TracedDatabase(first, telemetry=otel.telemetry), telemetry=otel.telemetry)
+        TracedDatabase(first, telemetry=otel.telemetry)
+        TracedDatabase(first, meter_provider=otel.meter_provider)  # its own Telemetry
+        TracedDatabase(other, telemetry=otel.telemetry)
+        assert otel.by("hexinfra.db.pool.in_use", "db.client.connection.pool.name") == {
+            "a": 3,
+            "b": 1,
+        }
+        assert otel.by("hexinfra.db.pool.waiting", "db.client.connection.pool.name") == {"a": 2}
+        named = TracedDatabase(Pooled((4, 0), "a"), telemetry=otel.telemetry, pool_name="c")
+        assert otel.by("hexinfra.db.pool.in_use", "db.client.connection.pool.name") == {
+            "a": 3,
+            "b": 1,
+            "c": 4,
+        }
+        del other, named
+        gc.collect()
+        assert otel.by("hexinfra.db.pool.in_use", "db.client.connection.pool.name") == {"a": 3}
 
     def test_operation_names(self) -> None:
         assert operation_name("  -- note\n/* x */ select 1") == "SELECT"
@@ -351,12 +396,177 @@ class TestEvents:
             for p in otel.points("hexinfra.events.handled")
         }
         assert handled == {"ack": 1, "retry": 2, "dead_letter": 2}
-        assert [p.value for p in otel.points("hexinfra.events.dead_letters")] == [2]
+        assert otel.by("hexinfra.events.dead_letters", "hexinfra.dead_letter.reason") == {
+            "max_deliver": 1,
+            "rejected": 1,
+        }
         assert [p.value for p in otel.points("hexinfra.events.published")] == [3]
         assert sum(p.count for p in otel.points("hexinfra.events.handler.duration")) == 5
         failed = [s for s in otel.spans() if s.status.status_code is StatusCode.ERROR]
         assert len(failed) == 4
         assert all("always fails" not in repr(s.status.description) for s in failed)
+
+    async def test_outcomes_are_the_subscriptions_verdicts(self, otel: Otel) -> None:
+        """Timeout, Reject, a BaseException, the last attempt: counted as the bus acted,
+        even for a handler that swallows its timeout's cancellation and returns."""
+        clock = FakeClock()
+        bus = InMemoryEventBus(clock=clock)
+        subscriber = TracedSubscriber(bus, telemetry=otel.telemetry)
+
+        async def handler(event: Event) -> None:
+            kind = event.data["n"]
+            if kind == 1:  # runs past handler_timeout, swallows the cancellation
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            elif kind == 2:
+                raise Reject("no")
+            elif kind == 3:
+                raise KeyboardInterrupt  # a BaseException is a failed run too
+
+        await subscriber.subscribe(
+            "orders.placed", handler, durable="d", max_deliver=2, backoff=(1.0,), handler_timeout=5
+        )
+        for n in range(4):
+            await bus.publish(_event(n))
+        for _ in range(3):
+            await bus.run_until_idle(settle=0.01)
+            clock.advance(5.0)
+        await wait_until(lambda: len(bus.dead_letters) == 3, what="three dead letters")
+        await bus.close(timeout=0.5)
+        assert otel.by("hexinfra.events.handled", "hexinfra.outcome") == {
+            "ack": 1,
+            "retry": 2,
+            "dead_letter": 3,
+        }
+        assert sorted(d.reason for d in bus.dead_letters) == [
+            "max_deliver",
+            "max_deliver",
+            "rejected",
+        ]
+        assert otel.by("hexinfra.events.dead_letters", "hexinfra.dead_letter.reason") == {
+            "max_deliver": 2,
+            "rejected": 1,
+        }
+        assert sum(p.count for p in otel.points("hexinfra.events.handler.duration")) == 6
+
+    async def test_a_run_cut_short_by_stop_is_not_counted(self, otel: Otel) -> None:
+        """stop() cancelling a handler: taken back (no outcome), its duration recorded;
+        a handler raising CancelledError itself is a failed run (retry)."""
+        bus = InMemoryEventBus()
+        subscriber = TracedSubscriber(bus, telemetry=otel.telemetry)
+        started = asyncio.Event()
+
+        async def handler(event: Event) -> None:
+            if event.data["n"] == 1:
+                raise asyncio.CancelledError  # its own: a failure, not a stop
+            started.set()
+            await asyncio.Event().wait()
+
+        sub = await subscriber.subscribe("orders.placed", handler, durable="d", backoff=(60.0,))
+        await bus.publish(_event(1))
+        await bus.publish(_event(0))
+        await asyncio.wait_for(started.wait(), 5)
+        await sub.stop(timeout=0)
+        await bus.close(timeout=0.5)
+        assert otel.by("hexinfra.events.handled", "hexinfra.outcome") == {"retry": 1}
+        assert sum(p.count for p in otel.points("hexinfra.events.handler.duration")) == 2
+        cut = [s for s in otel.spans() if (s.attributes or {}).get("hexinfra.attempt") == 1]
+        assert sorted(str((s.attributes or {}).get("hexinfra.outcome")) for s in cut) == [
+            "None",
+            "retry",
+        ]
+
+    async def test_an_undecodable_message_is_a_dead_letter(
+        self, bus: InMemoryEventBus, otel: Otel
+    ) -> None:
+        """A payload that never reaches a handler is counted, by reason ``undecodable``."""
+        seen: list[str] = []
+
+        async def handler(event: Event) -> None:
+            seen.append(event.id)
+
+        await TracedSubscriber(bus, telemetry=otel.telemetry).subscribe(
+            "orders.placed", handler, durable="d"
+        )
+        await bus.publish_raw("orders.placed", b"not json", {"content-type": "application/json"})
+        await bus.run_until_idle()
+        assert [d.reason for d in bus.dead_letters] == ["undecodable"]
+        assert not seen
+        assert otel.by("hexinfra.events.dead_letters", "hexinfra.dead_letter.reason") == {
+            "undecodable": 1
+        }
+        assert otel.points("hexinfra.events.handled") == []
+
+    async def test_a_subscriber_that_wraps_handlers_is_judged_by_the_wrapper(
+        self, otel: Otel
+    ) -> None:
+        """Under a subscriber whose handler wrapper hides the observer, the traced
+        handler applies the same pure policy itself: the counts still match the bus."""
+        clock = FakeClock()
+        bus = InMemoryEventBus(clock=clock)
+
+        class Hiding:
+            """A Subscriber that wraps each handler in a plain function."""
+
+            async def subscribe(self, subject: str, handler: Any, **options: Any) -> Any:
+                async def plain(event: Event) -> None:
+                    await handler(event)
+
+                return await bus.subscribe(subject, plain, **options)
+
+        subscriber = TracedSubscriber(cast(Subscriber, Hiding()), telemetry=otel.telemetry)
+        runs: dict[int, int] = {}
+
+        async def handler(event: Event) -> None:
+            n = event.data["n"]
+            runs[n] = runs.get(n, 0) + 1
+            if n == 2:
+                raise Reject("no")
+            if n == 0 or (n == 1 and runs[n] == 1):
+                raise RuntimeError("fails")
+
+        await subscriber.subscribe(
+            "orders.placed", handler, durable="d", max_deliver=2, backoff=(1.0,)
+        )
+        for n in range(3):  # 0: fails twice (dead letter); 1: fails once then acks; 2: Reject
+            await bus.publish(_event(n))
+        for _ in range(3):
+            await bus.run_until_idle(settle=0.0)
+            clock.advance(1.0)
+        await bus.close(timeout=0.5)
+        assert sorted(d.reason for d in bus.dead_letters) == ["max_deliver", "rejected"]
+        assert otel.by("hexinfra.events.handled", "hexinfra.outcome") == {
+            "ack": 1,
+            "retry": 2,
+            "dead_letter": 2,
+        }
+        assert otel.by("hexinfra.events.dead_letters", "hexinfra.dead_letter.reason") == {
+            "max_deliver": 1,
+            "rejected": 1,
+        }
+
+    async def test_an_observed_handler_is_still_told(
+        self, bus: InMemoryEventBus, otel: Otel
+    ) -> None:
+        """TracedSubscriber over a TracedSubscriber: each wrapper counts every verdict
+        once (no fallback double count)."""
+        second = Otel()
+        inner = TracedSubscriber(bus, telemetry=second.telemetry)
+        outer = TracedSubscriber(inner, telemetry=otel.telemetry)
+
+        async def handler(event: Event) -> None:
+            raise Reject("no")
+
+        await outer.subscribe("orders.placed", handler, durable="d")
+        await bus.publish(_event(1))
+        await bus.run_until_idle()
+        for o in (otel, second):
+            assert o.by("hexinfra.events.handled", "hexinfra.outcome") == {"dead_letter": 1}
+            assert o.by("hexinfra.events.dead_letters", "hexinfra.dead_letter.reason") == {
+                "rejected": 1
+            }
+        second.meter_provider.shutdown()
+        second.tracer_provider.shutdown()
 
 
 class TestLogs:
