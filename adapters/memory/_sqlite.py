@@ -75,6 +75,7 @@ from ports.config import ConfigSource
 from ports.database import Params, Row, Transaction
 from ports.logger import Logger
 
+from ._sqlite_params import check_parameters
 from ._sqlite_sql import Prepared, Schema, prepare
 from ._sqlite_types import HINTS, SqlDataError, adapt_datetime, install, take_fault
 
@@ -163,7 +164,7 @@ def _bind(sql: str, params: Params) -> tuple[str, tuple[Any, ...]]:
     for position, value in enumerate(values, 1):
         if isinstance(value, str):
             _check_text(value, names[position - 1] if names else position)
-    return text, tuple(_adapt(v) for v in values)
+    return text, tuple(values)
 
 
 def _check_text(value: str, where: int | str) -> None:
@@ -364,10 +365,13 @@ class _Connection(sqlite3.Connection):
 
 def _run(conn: _Connection, sql: str, params: Params) -> _Result:
     """Run one statement; return the cursor and, if it produced rows, the rows."""
-    text, values = _bind(sql, params)
+    text, raw = _bind(sql, params)
     schema = conn.schema
     prepared = prepare(text, schema, conn.table_exists)
     take_fault()
+    if prepared.parameters:
+        raw = tuple(check_parameters(raw, prepared.parameters))
+    values = tuple(_adapt(v) for v in raw)
     try:
         cur = conn.execute(prepared.text, values)
         rows = cur.fetchall() if cur.description is not None else None

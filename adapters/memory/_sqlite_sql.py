@@ -29,6 +29,7 @@ import attrs
 
 from domain_errors import DomainError
 
+from ._sqlite_params import TypedPlaceholder
 from ._sqlite_types import ColumnType, Kind, data_error, register_numeric, unsupported
 
 __all__ = ["Prepared", "Schema", "Table", "prepare"]
@@ -169,6 +170,7 @@ class Prepared:
     table: Table | None = None
     dropped: tuple[str, ...] = ()
     noop: bool = False
+    parameters: tuple[TypedPlaceholder, ...] = ()
 
 
 # --- types -------------------------------------------------------------------------
@@ -1153,4 +1155,152 @@ def _prepare(  # noqa: PLR0912 - one branch per statement kind
         listed, hints = _select_list(tokens, scope, frozenset({"RETURNING"}))
     else:
         listed, hints = _select_list(tokens, scope, frozenset({"SELECT"}))
-    return Prepared(render(_common(listed)), hints=hints, target=target)
+    return Prepared(
+        render(_common(listed)),
+        hints=hints,
+        target=target,
+        parameters=_typed_placeholders(sig, scope, schema),
+    )
+
+
+# --- placeholders whose column is known --------------------------------------------
+
+_COMPARISONS: Final = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
+_BINDS_TIGHTER: Final = _ARITH | {"::", ".", "[", "||"}
+
+
+def _typed_placeholders(
+    sig: list[Tok], scope: _Scope, schema: Schema
+) -> tuple[TypedPlaceholder, ...]:
+    """The placeholders written to a column (``INSERT ... VALUES``, ``SET col = ?``) or
+    compared with one (``col = ?``, ``? < col``, ``col IN (?, ...)``), each with the
+    column's type: see ``_sqlite_params``."""
+    position = {n: p for p, n in enumerate(n for n, t in enumerate(sig) if t.kind == "ph")}
+    if not position:
+        return ()
+    found: dict[int, TypedPlaceholder] = {}
+    for n, ctype in _assigned(sig, schema):
+        found[n] = (position[n], ctype, "assign")
+    for n, ctype in _compared(sig, scope):
+        found.setdefault(n, (position[n], ctype, "compare"))
+    return tuple(found[n] for n in sorted(found))
+
+
+def _lone_placeholder(sig: Sequence[Tok], start: int, end: int) -> int | None:
+    """The index of the placeholder that is all of ``sig[start:end]`` (in parentheses
+    or not)."""
+    while end - start >= 2 and sig[start].text == "(" and _match_paren(sig, start) == end - 1:
+        start, end = start + 1, end - 1
+    return start if end - start == 1 and sig[start].kind == "ph" else None
+
+
+def _assigned(sig: list[Tok], schema: Schema) -> Iterator[tuple[int, ColumnType]]:
+    first = sig[0].up
+    at = 2 if first == "INSERT" else 1 if first == "UPDATE" else 0
+    table = schema.tables.get(ident(sig[at])) if at and at < len(sig) else None
+    if table is None:
+        return
+    if first == "INSERT":
+        yield from _inserted(sig, table)
+    depth = 0
+    for k, tok in enumerate(sig):
+        depth += (tok.text == "(") - (tok.text == ")")
+        if tok.up == "SET" and depth == 0:
+            yield from _set_list(sig, k + 1, table)
+
+
+def _inserted(sig: list[Tok], table: Table) -> Iterator[tuple[int, ColumnType]]:
+    """``INSERT INTO t [AS a] [(cols)] VALUES (...), (...)``."""
+    i = 5 if len(sig) > 3 and sig[3].up == "AS" else 3
+    names = list(table.columns)
+    if i < len(sig) and sig[i].text == "(":
+        close = _match_paren(sig, i)
+        names = [ident(part[0]) for part in _split(sig[i + 1 : close]) if len(part) == 1]
+        i = close + 1
+    if i >= len(sig) or sig[i].up != "VALUES":
+        return
+    i += 1
+    while i < len(sig) and sig[i].text == "(":
+        close = _match_paren(sig, i)
+        at = i + 1
+        for column, part in zip(names, _split(sig[i + 1 : close]), strict=False):
+            n = _lone_placeholder(sig, at, at + len(part))
+            if n is not None and column in table.columns:
+                yield n, table.columns[column]
+            at += len(part) + 1
+        i = close + 2 if close + 1 < len(sig) and sig[close + 1].text == "," else close + 1
+
+
+def _set_list(sig: list[Tok], start: int, table: Table) -> Iterator[tuple[int, ColumnType]]:
+    """``SET col = ?, ...`` (in UPDATE and in ``ON CONFLICT ... DO UPDATE``)."""
+    end = start
+    while end < len(sig) and not (
+        sig[end].kind == "id" and sig[end].up in ("WHERE", "RETURNING", "FROM")
+    ):
+        end += 1
+    at = start
+    for part in _split(sig[start:end]):
+        if len(part) >= 3 and part[1].text == "=" and part[0].kind in ("id", "qid"):
+            n = _lone_placeholder(sig, at + 2, at + len(part))
+            column = table.columns.get(ident(part[0]))
+            if n is not None and column is not None:
+                yield n, column
+        at += len(part) + 1
+
+
+def _compared(sig: list[Tok], scope: _Scope) -> Iterator[tuple[int, ColumnType]]:
+    def column_ending_at(end: int) -> ColumnType | None:
+        for width in (3, 1):
+            start = end - width
+            if start < 0:
+                continue
+            before = sig[start - 1] if start > 0 else None
+            if before is not None and (before.text in _BINDS_TIGHTER or before.up == "NOT"):
+                continue
+            ctype = scope.column(sig[start:end])
+            if ctype is not None:
+                return ctype
+        return None
+
+    def column_starting_at(start: int) -> ColumnType | None:
+        for width in (3, 1):
+            end = start + width
+            after = sig[end] if end < len(sig) else None
+            if after is not None and after.text in _BINDS_TIGHTER:
+                continue
+            ctype = scope.column(sig[start:end])
+            if ctype is not None:
+                return ctype
+        return None
+
+    for n, tok in enumerate(sig):
+        if tok.kind != "ph":
+            continue
+        after = sig[n + 1] if n + 1 < len(sig) else None
+        before = sig[n - 1] if n > 0 else None
+        free_after = after is None or after.text not in _BINDS_TIGHTER
+        free_before = before is None or before.text not in _BINDS_TIGHTER - {"("}
+        if before is not None and before.text in _COMPARISONS and free_after:
+            ctype = column_ending_at(n - 1)
+            if ctype is not None:
+                yield n, ctype
+                continue
+        if after is not None and after.text in _COMPARISONS and free_before and n + 2 < len(sig):
+            ctype = column_starting_at(n + 2)
+            if ctype is not None:
+                yield n, ctype
+                continue
+        if before is not None and before.text in ("(", ",") and free_after:
+            opening = _list_opening(sig, n)
+            if opening is not None and opening > 1 and sig[opening - 1].up == "IN":
+                ctype = column_ending_at(opening - 1)
+                if ctype is not None:
+                    yield n, ctype
+
+
+def _list_opening(sig: Sequence[Tok], n: int) -> int | None:
+    """The ``(`` opening a list of placeholders ``(?, ?, ...)`` holding ``sig[n]``."""
+    k = n - 1
+    while k >= 0 and sig[k].text == "," and k > 0 and sig[k - 1].kind == "ph":
+        k -= 2
+    return k if k >= 0 and sig[k].text == "(" else None

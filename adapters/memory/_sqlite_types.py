@@ -147,6 +147,8 @@ _STATE_NAMES: Final = {
     "22008": "DatetimeFieldOverflow",
     "22P05": "UntranslatableCharacter",
     "42883": "UndefinedFunction",
+    "42804": "DatatypeMismatch",
+    "0A000": "FeatureNotSupported",
 }
 
 

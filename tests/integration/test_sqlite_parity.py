@@ -6,7 +6,10 @@ fake with an error naming the construct."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -213,3 +216,83 @@ def test_jsonb_equality_compares_values_alike(pair: _Pair, stored: str, compared
             await db.execute(f"DROP TABLE IF EXISTS {table}")
 
     assert pair.run(body(pair.fake)) == pair.run(body(pair.real))
+
+
+_TYPED_COLUMNS = {
+    "i4": ("INTEGER", 5),
+    "i8": ("BIGINT", 2**40),
+    "n": ("NUMERIC(12,2)", Decimal("1.25")),
+    "b": ("BOOLEAN", True),
+    "t": ("TEXT", "abc"),
+    "ts": ("TIMESTAMPTZ", datetime(2024, 1, 1, tzinfo=UTC)),
+    "j": ("JSONB", '{"a": 1}'),
+    "u": ("UUID", uuid.UUID(int=5)),
+    "by": ("BYTEA", b"x"),
+}
+_PYTHON_VALUES = [
+    True,
+    5,
+    2**40,
+    1.5,
+    2.5,
+    Decimal("1.25"),
+    "7",
+    "abc",
+    "true",
+    "2024-01-01 00:00:00+00",
+    '{"a":1}',
+    "00000000-0000-0000-0000-000000000005",
+    "\\x78",
+    datetime(2024, 1, 1, tzinfo=UTC),
+    uuid.UUID(int=5),
+    b"x",
+]
+
+
+async def _typed_outcome(db: Database, sql: str, params: Any) -> Any:
+    try:
+        if sql.startswith("SELECT"):
+            return ("rows", shape([dict(r) for r in await db.fetch_all(sql, params)]))
+        return ("count", await db.execute(sql, params))
+    except DomainError as exc:
+        return ("error", type(exc).__name__, exc.details.get("sqlstate"))
+
+
+@pytest.mark.parametrize("column", list(_TYPED_COLUMNS))
+def test_parameters_of_another_type_are_refused_or_read_alike(pair: _Pair, column: str) -> None:
+    """A Python value written to a column or compared with one is taken, converted or
+    refused (42804 on assignment, 42883 in a comparison, the column type's data error
+    for a string it cannot read) as psycopg and PostgreSQL do, and compares alike."""
+    table = unique_table_name("hxp")
+    ddl = ", ".join(f"{name} {sql_type}" for name, (sql_type, _) in _TYPED_COLUMNS.items())
+    statements = [
+        (f"INSERT INTO {table} (id, {column}) VALUES (2, %s)", 1),
+        (f"INSERT INTO {table} (id, {column}) VALUES (3, %s), (4, (%s))", 2),
+        (f"UPDATE {table} SET {column} = %s WHERE id = 2", 1),
+        (f"SELECT id FROM {table} WHERE {column} = %s ORDER BY id", 1),
+        (f"SELECT id FROM {table} WHERE %s < {column} ORDER BY id", 1),
+        (f"SELECT id FROM {table} WHERE {column} IN (%s, %s) ORDER BY id", 2),
+        (f"SELECT t.id FROM {table} t WHERE t.{column} <> %s ORDER BY t.id", 1),
+    ]
+
+    async def body(db: Database) -> list[Any]:
+        await db.execute(f"CREATE TABLE {table} (id INTEGER, {ddl})")
+        try:
+            names = ", ".join(_TYPED_COLUMNS)
+            marks = ", ".join(["%s"] * len(_TYPED_COLUMNS))
+            await db.execute(
+                f"INSERT INTO {table} (id, {names}) VALUES (1, {marks})",
+                tuple(value for _, value in _TYPED_COLUMNS.values()),
+            )
+            out = []
+            for value in _PYTHON_VALUES:
+                for sql, count in statements:
+                    out.append(await _typed_outcome(db, sql, (value,) * count))
+                await db.execute(f"DELETE FROM {table} WHERE id > 1")
+            return out
+        finally:
+            await db.execute(f"DROP TABLE IF EXISTS {table}")
+
+    fake, real = pair.run(body(pair.fake)), pair.run(body(pair.real))
+    cases = [(repr(v), sql) for v in _PYTHON_VALUES for sql, _ in statements]
+    assert [(c, f, r) for c, f, r in zip(cases, fake, real, strict=True) if f != r] == []

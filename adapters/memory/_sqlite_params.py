@@ -1,0 +1,151 @@
+"""The SQLite fake's parameter typing: PostgreSQL's rules for a psycopg parameter
+written to a column or compared with one.
+
+psycopg sends each Python value with a type (``bool``, ``int``, ``float8``,
+``numeric``, ``timestamptz``, ``uuid``, ``bytea``...) except ``str``, which goes as
+*unknown* and is read by the column type's input function. PostgreSQL then refuses a
+value of another type family: ``42804`` (datatype mismatch) when it is assigned
+(``INSERT ... VALUES``, ``SET col =``), ``42883`` (no such operator) when it is
+compared (``col = %s``, ``%s < col``, ``col IN (%s, ...)``); any value may be
+assigned to a TEXT column. SQLite would take them all. :func:`placeholder_types`
+finds the placeholders whose column is known (at prepare time, cached with the
+statement); :func:`check_parameters` applies the rules before the statement runs.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Final, Literal
+
+from ._sqlite_types import (
+    ColumnType,
+    Kind,
+    SqlDataError,
+    canonical,
+    data_error,
+    take_fault,
+    unsupported,
+)
+
+__all__ = ["Use", "TypedPlaceholder", "check_parameters"]
+
+Use = Literal["assign", "compare"]
+TypedPlaceholder = tuple[int, ColumnType, Use]
+"""(placeholder position, the column's type, how the value meets the column)."""
+
+_NUMBERS: Final = frozenset({"int", "float8", "numeric"})
+_ACCEPTS: Final[dict[Kind, frozenset[str]]] = {
+    "int4": _NUMBERS,
+    "int8": _NUMBERS,
+    "numeric": _NUMBERS,
+    "bool": frozenset({"boolean"}),
+    "text": frozenset(),
+    "timestamptz": frozenset({"timestamptz", "timestamp", "date"}),
+    "jsonb": frozenset(),
+    "uuid": frozenset({"uuid"}),
+    "bytea": frozenset({"bytea"}),
+}
+"""The parameter types (besides unknown) PostgreSQL takes for a column of each type."""
+
+
+def _sent_type(value: Any) -> str | None:
+    """The type psycopg sends ``value`` as; ``None`` for unknown (``str``) or a type
+    this module does not judge."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float8"
+    if isinstance(value, Decimal):
+        return "numeric"
+    if isinstance(value, datetime):
+        return "timestamp" if value.tzinfo is None else "timestamptz"
+    if isinstance(value, date):
+        return "date"
+    if isinstance(value, uuid.UUID):
+        return "uuid"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "bytea"
+    return None
+
+
+_NAMES: Final = {"int": "integer", "float8": "double precision", "timestamp": "timestamp"}
+
+
+def check_parameters(values: Sequence[Any], typed: Sequence[TypedPlaceholder]) -> list[Any]:
+    """``values`` as the fake binds them, or PostgreSQL's error for a value of the
+    wrong type family. A number assigned to an integer column is rounded as
+    PostgreSQL's cast rounds it; a string compared with a typed column is read as
+    that type (its data error if it is not one) and bound in the stored form."""
+    out = list(values)
+    for position, ctype, use in typed:
+        if position >= len(out):
+            break  # a literal "?" (an operator) took a placeholder's place: judge nothing
+        value = out[position]
+        if value is None:
+            continue
+        if isinstance(value, str):
+            # PostgreSQL reads the parameter when it binds it, whether or not a row
+            # is ever compared or written.
+            if ctype.kind == "bytea":
+                out[position] = _bytea_input(value)
+            elif ctype.kind != "text":
+                out[position] = _read_as(value, ctype)
+            continue
+        sent = _sent_type(value)
+        if sent is None or sent in _ACCEPTS[ctype.kind]:
+            if use == "assign" and sent in _NUMBERS:
+                integral = ctype.kind in ("int4", "int8") and sent != "int"
+                rounded = _rounded(value) if integral else value
+                # As SQLite is given it (a Decimal as its text).
+                bound = str(rounded) if isinstance(rounded, Decimal) else rounded
+                out[position] = _read_as(bound, ctype)
+            continue
+        if use == "assign" and ctype.kind == "text":
+            continue
+        theirs = _NAMES.get(sent, sent)
+        if use == "assign":
+            raise data_error(
+                "42804", f"column is of type {ctype.pg_name} but expression is of type {theirs}"
+            )
+        raise data_error("42883", f"operator does not exist: {ctype.pg_name} = {theirs}")
+    return out
+
+
+def _read_as(value: Any, ctype: ColumnType) -> Any:
+    """``value`` in the stored form of ``ctype`` (PostgreSQL's data error if it is not
+    one of its values)."""
+    scale = -1 if ctype.scale is None else ctype.scale
+    try:
+        return canonical(value, ctype.kind, ctype.precision or 0, scale)
+    except SqlDataError as exc:
+        take_fault()
+        raise exc.error from None
+
+
+def _rounded(value: float | Decimal) -> int | float:
+    if isinstance(value, float):
+        # float8 -> integer rounds half to even (rint); inf/nan stay for the range check.
+        return round(value) if math.isfinite(value) else value
+    if value.is_nan():
+        raise data_error("0A000", "cannot convert NaN to integer")
+    if value.is_infinite():
+        raise data_error("22003", "cannot convert infinity to integer")
+    return int(value.to_integral_value(ROUND_HALF_UP))
+
+
+def _bytea_input(text: str) -> bytes:
+    """bytea's input function: ``\\x`` hex, or text without backslashes."""
+    if text.startswith("\\x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            raise data_error("22P02", "invalid hexadecimal data") from None
+    if "\\" in text:
+        raise unsupported("bytea escape format input")
+    return text.encode()
