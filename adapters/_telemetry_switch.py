@@ -16,7 +16,7 @@ from ports.events import Publisher, Subscriber
 
 if TYPE_CHECKING:
     from adapters.outbox import OutboxRelay
-    from adapters.telemetry import OutboxLagGauge
+    from adapters.telemetry import OutboxLagGauge, Telemetry
 
 __all__ = ["telemetry_wanted", "traced_ports", "lag_gauge"]
 
@@ -24,8 +24,9 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
-def telemetry_wanted(setting: str | None) -> bool:
-    """Whether to wrap the ports, from the ``OTEL_ENABLED`` value (``None``: unset)."""
+def telemetry_wanted(setting: str | None, *, given: bool = False) -> bool:
+    """Whether to wrap the ports, from the ``OTEL_ENABLED`` value (``None``: unset);
+    ``given``: the caller passed its own ``Telemetry`` (unset then means on)."""
     if setting is not None and setting.strip() != "":
         word = setting.strip().lower()
         if word in _FALSE:
@@ -37,6 +38,8 @@ def telemetry_wanted(setting: str | None) -> bool:
             )
         require_extra("otel", "OTEL_ENABLED=true")
         return True
+    if given:
+        return True
     if not installed("opentelemetry.trace"):
         return False
     from adapters.telemetry import sdk_configured
@@ -45,12 +48,15 @@ def telemetry_wanted(setting: str | None) -> bool:
 
 
 def traced_ports(
-    database: Database, publisher: Publisher, subscriber: Subscriber
+    database: Database,
+    publisher: Publisher,
+    subscriber: Subscriber,
+    telemetry: Telemetry | None = None,
 ) -> tuple[Database, Publisher, Subscriber]:
-    """The three ports wrapped in ``adapters.telemetry`` (global providers), with log
-    lines joined to traces and the current span's context readable by the outbox
-    (``adapters._trace_carrier.current()``); only call it when :func:`telemetry_wanted`
-    said so."""
+    """The three ports wrapped in ``adapters.telemetry`` (``telemetry``'s providers, or
+    the global ones), with log lines joined to traces and the current span's context
+    readable by the outbox (``adapters._trace_carrier.current()``); only call it when
+    :func:`telemetry_wanted` said so."""
     from adapters.telemetry import (
         Telemetry,
         TracedDatabase,
@@ -60,7 +66,7 @@ def traced_ports(
         join_logs_to_traces,
     )
 
-    telemetry = Telemetry()
+    telemetry = telemetry if telemetry is not None else Telemetry()
     join_logs_to_traces()
     expose_current_context()
     return (
@@ -70,9 +76,9 @@ def traced_ports(
     )
 
 
-def lag_gauge(relay: OutboxRelay) -> OutboxLagGauge:
-    """The ``hexinfra.outbox.lag`` gauge sampling ``relay`` (global providers); only
-    call it when :func:`telemetry_wanted` said so."""
+def lag_gauge(relay: OutboxRelay, telemetry: Telemetry | None = None) -> OutboxLagGauge:
+    """The ``hexinfra.outbox.lag`` gauge sampling ``relay`` (``telemetry``'s meter, or
+    the global one); only call it when :func:`telemetry_wanted` said so."""
     from adapters.telemetry import OutboxLagGauge
 
-    return OutboxLagGauge(relay)
+    return OutboxLagGauge(relay, telemetry=telemetry)

@@ -51,7 +51,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import attrs
 
@@ -64,6 +64,9 @@ from ports.logger import Logger
 
 from ._config_base import DAY, HOUR, NumberRule, check_number
 from .outbox import OutboxRelay, SqlOutbox, install
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
 
 __all__ = [
     "Infrastructure",
@@ -365,6 +368,7 @@ def build_infrastructure(
     memory: bool | None = None,
     logger: Logger | None = None,
     clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Infrastructure:
     """Build (without connecting) every adapter a service needs from ``config``.
 
@@ -374,7 +378,10 @@ def build_infrastructure(
     (``SERVICE_NAME``, ``LOG_LEVEL``, ``LOG_FORMAT``), the clock to the system
     clock. In ``real`` mode ``DATABASE_URL`` and ``NATS_URL`` are validated up
     front, naming every missing key in one ``ConfigurationError``. ``EVENTS_OUTBOX``
-    (default true) adds the outbox relay (see the module docstring).
+    (default true) adds the outbox relay (see the module docstring). ``telemetry``
+    (an ``adapters.telemetry.Telemetry``) gives the wrappers its tracer and meter
+    providers instead of the global ones, and turns them on unless ``OTEL_ENABLED`` is
+    false.
     """
     if memory is None:
         mode, reason = _choose(config)
@@ -412,14 +419,14 @@ def build_infrastructure(
     polled = database
     from ._telemetry_switch import lag_gauge, telemetry_wanted, traced_ports
 
-    traced = telemetry_wanted(config.get("OTEL_ENABLED"))
+    traced = telemetry_wanted(config.get("OTEL_ENABLED"), given=telemetry is not None)
     if traced:
-        database, publisher, subscriber = traced_ports(database, publisher, subscriber)
+        database, publisher, subscriber = traced_ports(database, publisher, subscriber, telemetry)
     # --- end OpenTelemetry
     relay = _relay(config, mode, database=polled, publisher=publisher, logger=logger, clock=clock)
     if relay is not None:
         if traced:
-            relay.lag_gauge = lag_gauge(relay.relay)
+            relay.lag_gauge = lag_gauge(relay.relay, telemetry)
         components.append(("outbox", relay))
     return Infrastructure(
         config=config,

@@ -62,6 +62,57 @@ class TestBuildInfrastructure:
             join_logs_to_traces(False)
             expose_current_context(False)
 
+    async def test_a_given_telemetry_records_to_its_own_providers(self) -> None:
+        """``build_infrastructure(telemetry=...)`` wraps the ports with that
+        Telemetry's tracer and meter (no global provider is touched), and
+        ``OTEL_ENABLED=false`` still turns it off."""
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from adapters.bootstrap import build_infrastructure
+        from adapters.memory import InMemoryConfig
+        from adapters.telemetry import Telemetry
+
+        exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        meter_provider = MeterProvider(metric_readers=[reader])
+        telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        try:
+            infra = build_infrastructure(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory"}),
+                logger=RecordingLogger(),
+                telemetry=telemetry,
+            )
+            async with infra:
+                assert await infra.database.fetch_value("SELECT 1") == 1
+            assert [s.name for s in exporter.get_finished_spans()] == ["SELECT"]
+            data = reader.get_metrics_data()
+            assert data is not None
+            names = {
+                m.name
+                for rm in data.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
+            assert "hexinfra.db.query.duration" in names
+            off = build_infrastructure(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory", "OTEL_ENABLED": "false"}),
+                logger=RecordingLogger(),
+                telemetry=telemetry,
+            )
+            assert isinstance(off.database, SqliteDatabase)
+        finally:
+            join_logs_to_traces(False)
+            expose_current_context(False)
+            tracer_provider.shutdown()
+            meter_provider.shutdown()
+
     def test_otel_disabled_or_unset_wraps_nothing(self) -> None:
         from adapters.bootstrap import build_infrastructure
         from adapters.memory import InMemoryConfig
