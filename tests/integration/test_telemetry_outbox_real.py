@@ -12,7 +12,6 @@ a foreign ``traceparent`` sent by raw nats-py is continued in
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-import adapters.telemetry
 from adapters import event_codec
 from adapters.bootstrap import Infrastructure, build_infrastructure
 from adapters.memory import InMemoryConfig
@@ -110,19 +108,11 @@ class Orders:
 
 
 @pytest.fixture
-async def orders(
-    database_url: str, events_config: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Orders]:
+async def orders(database_url: str, events_config: dict[str, str]) -> AsyncIterator[Orders]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry = Telemetry(tracer_provider=provider)
-    # build_infrastructure wraps the ports with Telemetry() on the global providers,
-    # and OpenTelemetry sets the global TracerProvider once per process: hand it this
-    # test's provider instead, leaving the global state to the other tests.
-    monkeypatch.setattr(
-        adapters.telemetry, "Telemetry", functools.partial(Telemetry, tracer_provider=provider)
-    )
     config = {
         **events_config,
         "INFRA_ADAPTERS": "real",
@@ -134,7 +124,8 @@ async def orders(
         "EVENTS_PULL_EXPIRES_S": "1",
     }
     logger = RecordingLogger()
-    infra = build_infrastructure(InMemoryConfig(config), logger=logger)
+    # This test's providers, not the global ones (set once per process by OpenTelemetry).
+    infra = build_infrastructure(InMemoryConfig(config), logger=logger, telemetry=telemetry)
     assert isinstance(infra.database, TracedDatabase)
     assert isinstance(infra.publisher, TracedPublisher)
     assert isinstance(infra.subscriber, TracedSubscriber)
