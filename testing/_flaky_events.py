@@ -170,6 +170,11 @@ class FlakySubscriber:
                 raise error
             await handler(event)
 
+        observer = getattr(handler, "delivery_observer", None)
+        if observer is not None:
+            # A traced handler's observer still hears the subscription's verdicts,
+            # the injected failures included (adapters._delivery_policy).
+            flaky.delivery_observer = observer  # type: ignore[attr-defined]
         return await self.inner.subscribe(
             subject,
             flaky,

@@ -580,6 +580,10 @@ class NatsSubscription:
             if is_own_cancellation(exc):
                 raise
             return exc, timed_out
+        if timed_out:
+            # It caught the timeout's cancellation and returned: still too long (as on
+            # the in-memory bus, which stops waiting at the deadline).
+            return TimeoutError(f"handler ran longer than {self._handler_timeout} s"), True
         return None, False
 
     async def _runs_of(self, msg: Delivery, event: Event) -> Runs | None:

@@ -972,6 +972,37 @@ class EventContract:
         assert recorder.attempts(event.id) == [1, 2]
         assert await h.dead_letters() == []
 
+    async def test_a_handler_swallowing_its_timeout_still_failed_the_attempt(
+        self, event_harness: EventHarness
+    ) -> None:
+        """A handler that catches the cancellation of its handler_timeout and returns
+        normally has still run too long: a failed attempt, redelivered as attempt 2
+        (never acknowledged as if it had kept its time)."""
+        h = event_harness
+        swallowed: list[int] = []
+
+        async def swallow_first(event: Event, attempt: int) -> None:
+            if attempt == 1:
+                try:
+                    await _hang_until_cancelled()
+                except asyncio.CancelledError:
+                    swallowed.append(attempt)
+
+        recorder = Recorder(swallow_first)
+        sub = await h.subscriber.subscribe(
+            "orders.>", recorder, durable="timeout-swallow", handler_timeout=0.2, backoff=(0.05,)
+        )
+        event = _event(0)
+        await h.publisher.publish(event)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 1, what="attempt 1 started")
+        await h.advance(0.2)
+        await h.wait_until(lambda: swallowed == [1], what="attempt 1 cut off")
+        await h.advance(0.05)
+        await h.wait_until(lambda: len(recorder.deliveries) >= 2, what="attempt 2")
+        await sub.stop()
+        assert recorder.attempts(event.id) == [1, 2]
+        assert await h.dead_letters() == []
+
     async def test_handler_timeout_on_the_last_attempt_dead_letters(
         self, event_harness: EventHarness
     ) -> None:

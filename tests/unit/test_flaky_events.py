@@ -79,3 +79,36 @@ class TestFlakySubscriber:
         assert handled == ["e1"]
         assert flaky.deliveries == {"e1": 2}
         await bus.close()
+
+    async def test_a_handlers_delivery_observer_hears_the_injected_failures(self) -> None:
+        """A handler carrying a delivery observer (a traced one) keeps it through the
+        flaky wrapper: the bus reports the injected failure's retry and the ack."""
+        clock = FakeClock()
+        bus = InMemoryEventBus(clock=clock)
+        flaky = FlakySubscriber(bus, clock=clock)
+        flaky.fail_next(1)
+        heard: list[str] = []
+
+        class Observer:
+            def attached(self) -> None:
+                heard.append("attached")
+
+            def ran(self, action: str) -> None:
+                heard.append(action)
+
+            def dead_lettered(self, reason: str) -> None:
+                heard.append(f"dead:{reason}")
+
+        class Handler:
+            delivery_observer = Observer()
+
+            async def __call__(self, e: Event) -> None:
+                return None
+
+        await flaky.subscribe("t.>", Handler(), durable="d", backoff=(0.5,))
+        await bus.publish(event(1))
+        await bus.run_until_idle()
+        clock.advance(0.5)
+        await bus.run_until_idle()
+        assert heard == ["attached", "retry", "ack"]
+        await bus.close()
