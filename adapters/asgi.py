@@ -2,10 +2,12 @@
 
 Pure ASGI (no framework at run time). Pick the recipe that fits the app:
 
-- A pure ASGI app (no framework): wrap it, the context outermost so that error
-  responses carry the request id too::
+- A pure ASGI app (no framework): wrap it, the context outside the errors so that
+  error responses carry the request id too, and :func:`trace_requests` outermost (an
+  HTTP server span per request when telemetry is on, see below)::
 
       app = RequestContextMiddleware(DomainErrorMiddleware(app, logger=logger), logger=logger)
+      app = trace_requests(app, config)
 
 - Starlette or FastAPI: the framework answers its own errors (and every exception
   that reaches its ``ServerErrorMiddleware``) before an outer wrapper sees them, so
@@ -16,7 +18,15 @@ Pure ASGI (no framework at run time). Pick the recipe that fits the app:
 
   with ``lifespan=infrastructure_lifespan(config)`` given to ``Starlette(...)`` or
   ``FastAPI(...)`` to connect the adapters at startup (``app.state.infra``), and
-  ``Depends(get_infrastructure)`` in FastAPI handlers.
+  ``Depends(get_infrastructure)`` in FastAPI handlers. ``install_error_handling``
+  also puts an HTTP server span outside the whole stack, opened per request when the
+  config of the infrastructure in ``app.state.infra`` turns telemetry on.
+
+Telemetry (ADR 0031): the server span is opened when ``OTEL_ENABLED`` says so, as
+:func:`adapters.bootstrap.build_infrastructure` decides (unset: when an
+OpenTelemetry SDK is configured); never without ``opentelemetry-api``, and never a
+second one when an OpenTelemetry ASGI instrumentation (or FastAPI's own) already
+opened a server span.
 
 Starlette and FastAPI are imported only when those functions run: ``import
 adapters.asgi`` needs neither.
@@ -60,6 +70,7 @@ __all__ = [
     "install_error_handling",
     "infrastructure_lifespan",
     "get_infrastructure",
+    "trace_requests",
     "REQUEST_ID_HEADER",
     "ASGIApp",
     "redact_headers",
@@ -406,6 +417,13 @@ def install_error_handling(app: Any, *, logger: Logger | None = None) -> None:
     answer passes through ``RequestContextMiddleware`` and carries the request id),
     and a handler for ``Exception`` renders what a middleware of yours raises.
 
+    With telemetry on for the infrastructure in ``app.state.infra`` (``OTEL_ENABLED``,
+    as :func:`adapters.bootstrap.build_infrastructure` decides; the lifespan of
+    :func:`infrastructure_lifespan` puts it there), each HTTP request gets an
+    OpenTelemetry server span, opened outside the whole middleware stack (see
+    :func:`trace_requests`); nothing when an OpenTelemetry ASGI instrumentation, or
+    FastAPI's own telemetry, already opened one.
+
     Call it before the app starts (as ``add_middleware``); calling it again does
     nothing. Starlette and FastAPI are imported only here.
     """
@@ -431,6 +449,32 @@ def install_error_handling(app: Any, *, logger: Logger | None = None) -> None:
     app.add_exception_handler(Exception, handle)
     # Innermost user middleware: unexpected exceptions answered inside the context.
     app.user_middleware.append(Middleware(DomainErrorMiddleware, logger=logger))
+    _trace_outside_the_stack(app)
+
+
+def _trace_outside_the_stack(app: Any) -> None:
+    """Wrap the stack the framework builds at its first call in a server-span edge.
+
+    Outside ``ServerErrorMiddleware`` and every user middleware (``add_middleware``
+    after this call would otherwise go outside it), so the span covers the whole
+    request and the access line of ``RequestContextMiddleware`` carries its ids. The
+    decision is taken per request from ``app.state.infra`` (set at startup by
+    :func:`infrastructure_lifespan`): middleware cannot be added once the app runs.
+    """
+    build = app.build_middleware_stack
+    state = app.state
+
+    def config_of_infra() -> ConfigSource | None:
+        infra = getattr(state, "infra", None)
+        return getattr(infra, "config", None)
+
+    def build_with_server_span() -> ASGIApp:
+        stack: ASGIApp = build()
+        if _instrumented(stack):  # an OpenTelemetry ASGI instrumentation is in charge
+            return stack
+        return _ServerSpanEdge(stack, config_of_infra)
+
+    app.build_middleware_stack = build_with_server_span
 
 
 async def _framework_response(connection: Any, exc: Exception, logger: Logger | None) -> Any:
@@ -484,6 +528,73 @@ def infrastructure_lifespan(
                     del app.state.infra
 
     return lifespan
+
+
+# -- the HTTP server span (ADR 0031) ------------------------------------------------------
+
+
+def trace_requests(app: ASGIApp, config: ConfigSource) -> ASGIApp:
+    """``app`` with an OpenTelemetry HTTP server span per request when telemetry is on.
+
+    For a pure ASGI app (Starlette and FastAPI get it from
+    :func:`install_error_handling`); put it outermost. On ``config``'s
+    ``OTEL_ENABLED`` as :func:`adapters.bootstrap.build_infrastructure` reads it
+    (unset: when an OpenTelemetry SDK is configured), decided at the first request,
+    so an SDK configured after this call still counts. Off, or without
+    ``opentelemetry-api``, the request passes through untouched. The span itself is
+    :class:`adapters.telemetry.TracedASGIMiddleware`'s (none when a server span is
+    already open).
+    """
+    return _ServerSpanEdge(app, lambda: config)
+
+
+class _ServerSpanEdge:
+    """Hands HTTP requests to a ``TracedASGIMiddleware`` around ``app`` when the
+    config given by ``config_of`` turns telemetry on; decided once per config object
+    (``None``: no config yet, pass through)."""
+
+    def __init__(self, app: ASGIApp, config_of: Callable[[], ConfigSource | None]) -> None:
+        self.app = app
+        self._config_of = config_of
+        self._decided_for: ConfigSource | None = None
+        self._traced: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            config = self._config_of()
+            if config is not None:
+                if config is not self._decided_for:
+                    self._traced = _traced(self.app, config)
+                    self._decided_for = config
+                if self._traced is not None:
+                    await self._traced(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _traced(app: ASGIApp, config: ConfigSource) -> ASGIApp | None:
+    from ._telemetry_switch import telemetry_wanted
+
+    if not telemetry_wanted(config.get("OTEL_ENABLED")):
+        return None
+    from .telemetry import TracedASGIMiddleware
+
+    return TracedASGIMiddleware(app)
+
+
+_INSTRUMENTATIONS: Final = ("opentelemetry.instrumentation.", "starlette.middleware.opentelemetry")
+
+
+def _instrumented(stack: Any) -> bool:
+    """Whether an OpenTelemetry ASGI middleware (the contrib instrumentation's,
+    Starlette's own) is in the chain of ``.app`` below: it opens the server span."""
+    seen: set[int] = set()
+    while stack is not None and id(stack) not in seen:
+        seen.add(id(stack))
+        if type(stack).__module__.startswith(_INSTRUMENTATIONS):
+            return True
+        stack = getattr(stack, "app", None)
+    return False
 
 
 class _InfrastructureDependency:

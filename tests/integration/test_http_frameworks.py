@@ -9,6 +9,7 @@ stdlib ``logging``, the event handler's) is read back from the one JSON stream.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -474,3 +475,202 @@ def test_importing_adapters_asgi_loads_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the HTTP server span (ADR 0031) -----------------------------------------------------
+
+
+@pytest.fixture
+def sdk_spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An SDK TracerProvider as the global one for this test only, its spans in memory.
+
+    OpenTelemetry sets the global provider once per process: the test swaps the API's
+    module global instead (restored after), so later tests see no SDK configured.
+    """
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from adapters.telemetry import expose_current_context, join_logs_to_traces
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    try:
+        yield exporter
+    finally:
+        join_logs_to_traces(False)  # build_infrastructure installed both hooks
+        expose_current_context(False)
+        provider.shutdown()
+
+
+def _traced_app(framework: str, logger: Logger, otel_enabled: str) -> Any:
+    """The README recipe (lifespan, install_error_handling, RequestContextMiddleware)
+    with one route that queries the database and publishes an event; the event's
+    handler queries the database too."""
+    config = InMemoryConfig(
+        {"INFRA_ADAPTERS": "memory", "SERVICE_NAME": "web", "OTEL_ENABLED": otel_enabled}
+    )
+
+    async def setup(infra: Infrastructure) -> None:
+        async def on_note(event: Event) -> None:
+            await infra.database.fetch_value("SELECT 2")
+
+        await infra.subscriber.subscribe("note.added", on_note, durable="traced-notes")
+
+    async def add(infra: Infrastructure, note_id: str) -> dict[str, Any]:
+        await infra.database.fetch_value("SELECT 1")
+        return await _add_note(infra, {"id": note_id})
+
+    lifespan = infrastructure_lifespan(config, logger=logger, setup=setup)
+    app: Any
+    if framework == "starlette":
+
+        async def endpoint(request: Request) -> JSONResponse:
+            body = await add(get_infrastructure(request), request.path_params["note_id"])
+            return JSONResponse(body, status_code=201)
+
+        app = Starlette(
+            routes=[Route("/notes/{note_id}", endpoint, methods=["POST"])], lifespan=lifespan
+        )
+    else:
+        # "fastapi": FastAPI's own request telemetry off (it has some since 0.165), so
+        # the span is ours; "fastapi-native": FastAPI's own span, and ours stays out.
+        own: dict[str, Any] = {}
+        if framework == "fastapi" and "telemetry" in inspect.signature(FastAPI).parameters:
+            own["telemetry"] = {"tracing": False}
+        fast: FastAPI = FastAPI(lifespan=lifespan, **own)
+
+        @fast.post("/notes/{note_id}", status_code=201)
+        async def add_route(note_id: str, infra: Infra) -> Any:
+            return await add(infra, note_id)
+
+        app = fast
+
+    install_error_handling(app, logger=logger)
+    app.add_middleware(RequestContextMiddleware, logger=logger)
+    return app
+
+
+def _wait_for_span(exporter: Any, name: str, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [s for s in exporter.get_finished_spans() if s.name == name]
+        if found:
+            return found[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no span {name!r}: {[s.name for s in exporter.get_finished_spans()]}")
+
+
+def _ancestors(span: Any, spans: list[Any]) -> list[int]:
+    by_id = {s.context.span_id: s for s in spans}
+    chain: list[int] = []
+    while span.parent is not None and span.parent.span_id in by_id:
+        span = by_id[span.parent.span_id]
+        chain.append(span.context.span_id)
+    return chain
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi", "fastapi-native"])
+def test_the_readme_recipe_gives_one_server_span_over_the_handlers_spans(
+    framework: str, sdk_spans: Any
+) -> None:
+    """With telemetry on, a request through the README's recipe is one SERVER span
+    (method, route template, status) whose trace holds the handler's DB query, the
+    event's send and process spans and the handler's query, all below it; FastAPI's
+    own server span, when on, is the only one."""
+    from opentelemetry.trace import SpanKind
+
+    stream = LogStream()
+    logger = StructlogLogger(service="web", stream=stream)
+    server = Served(_traced_app(framework, logger, "true"), {}).start()
+    try:
+        response = httpx.post(
+            f"{server.url}/notes/n-7", headers={"X-Request-ID": "req-span"}, timeout=10
+        )
+        assert response.status_code == 201
+        process = _wait_for_span(sdk_spans, "process note.added")
+        handled = _wait_for_span(sdk_spans, "SELECT")  # both queries are named SELECT
+        assert handled
+    finally:
+        server.stop()
+    spans = list(sdk_spans.get_finished_spans())
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert root.instrumentation_scope.name == (
+        "fastapi" if framework == "fastapi-native" else "hexinfra"
+    )
+    assert root.name == "POST /notes/{note_id}"
+    assert root.parent is None
+    assert root.attributes is not None
+    assert root.attributes["http.request.method"] == "POST"
+    assert root.attributes["http.route"] == "/notes/{note_id}"
+    assert root.attributes["http.response.status_code"] == 201
+    assert root.attributes["url.path"] == "/notes/n-7"
+    queries = [s for s in spans if s.kind is SpanKind.CLIENT and s.name == "SELECT"]
+    (send,) = [s for s in spans if s.name == "send note.added"]
+    assert len(queries) == 2  # the route's and the event handler's
+    for span in [*queries, send, process]:
+        assert span.context.trace_id == root.context.trace_id
+        assert root.context.span_id in _ancestors(span, spans), span.name
+    # The edge is outside RequestContextMiddleware: the access line is in the span.
+    (access,) = stream.wait_for(
+        lambda line: line["message"] == "request completed" and line.get("request_id") == "req-span"
+    )
+    assert access["trace_id"] == f"{root.context.trace_id:032x}"
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_with_otel_disabled_the_recipe_opens_no_span(framework: str, sdk_spans: Any) -> None:
+    """OTEL_ENABLED=false with an SDK configured: the request, its query and its event
+    leave no span at all (nor a trace id in the access line)."""
+    stream = LogStream()
+    logger = StructlogLogger(service="web", stream=stream)
+    server = Served(_traced_app(framework, logger, "false"), {}).start()
+    try:
+        response = httpx.post(
+            f"{server.url}/notes/n-8", headers={"X-Request-ID": "req-off"}, timeout=10
+        )
+        assert response.status_code == 201
+        (access,) = stream.wait_for(
+            lambda line: (
+                line["message"] == "request completed" and line.get("request_id") == "req-off"
+            )
+        )
+    finally:
+        server.stop()
+    assert list(sdk_spans.get_finished_spans()) == []
+    assert "trace_id" not in access
+
+
+def test_without_opentelemetry_the_recipe_serves_and_imports_no_telemetry() -> None:
+    """opentelemetry-api absent (imports blocked): the README recipe serves requests and
+    never imports adapters.telemetry."""
+    code = """
+import sys
+for name in [m for m in sys.modules if m.split('.')[0] == 'opentelemetry']:
+    del sys.modules[name]
+sys.modules['opentelemetry'] = None
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from adapters.asgi import RequestContextMiddleware, infrastructure_lifespan, install_error_handling
+from adapters.memory import InMemoryConfig
+
+async def hello(request):
+    return PlainTextResponse('hi')
+
+config = InMemoryConfig({'INFRA_ADAPTERS': 'memory'})
+app = Starlette(routes=[Route('/', hello)], lifespan=infrastructure_lifespan(config))
+install_error_handling(app)
+app.add_middleware(RequestContextMiddleware)
+with TestClient(app) as client:
+    assert client.get('/').text == 'hi'
+print('telemetry imported:', 'adapters.telemetry' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "telemetry imported: False"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from adapters.asgi import DomainErrorMiddleware, RequestContextMiddleware
+from adapters.asgi import (
+    DomainErrorMiddleware,
+    RequestContextMiddleware,
+    install_error_handling,
+    trace_requests,
+)
+from adapters.memory import InMemoryConfig
 from domain_errors import Conflict, NotFound, ServiceUnavailable
 from ports.context import current_context, request_id
 from testing.fakes import RecordingLogger
@@ -226,3 +234,128 @@ class TestPureAsgi:
 
         await wrapped({"type": "lifespan"}, receive, send)
         assert seen == ["lifespan"]
+
+
+# -- the HTTP server span (ADR 0031) -----------------------------------------------------
+
+
+@pytest.fixture
+def sdk_spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An SDK TracerProvider as the global one for this test only (OpenTelemetry sets
+    the global once per process: the API's module global is swapped and restored)."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    yield exporter
+    provider.shutdown()
+
+
+async def _bare(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 202, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _get(app: Any, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        return await http.get(path)
+
+
+class TestServerSpan:
+    async def test_trace_requests_wraps_a_pure_asgi_app_when_telemetry_is_on(
+        self, sdk_spans: Any
+    ) -> None:
+        """The pure-ASGI recipe with OTEL_ENABLED=true: one SERVER span per request with
+        method, path and status (no route: a bare app matches none)."""
+        from opentelemetry.trace import SpanKind
+
+        app = trace_requests(
+            RequestContextMiddleware(_bare), InMemoryConfig({"OTEL_ENABLED": "true"})
+        )
+        assert (await _get(app, "/things/1")).status_code == 202
+        (span,) = sdk_spans.get_finished_spans()
+        assert span.kind is SpanKind.SERVER
+        assert span.name == "GET"
+        assert dict(span.attributes) == {
+            "http.request.method": "GET",
+            "url.path": "/things/1",
+            "url.scheme": "http",
+            "http.response.status_code": 202,
+        }
+
+    async def test_trace_requests_is_off_with_otel_disabled(self, sdk_spans: Any) -> None:
+        """OTEL_ENABLED=false: requests pass through, no span (even with an SDK)."""
+        app = trace_requests(_bare, InMemoryConfig({"OTEL_ENABLED": "false"}))
+        assert (await _get(app, "/")).status_code == 202
+        assert list(sdk_spans.get_finished_spans()) == []
+
+    async def test_trace_requests_decides_at_the_first_request(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """OTEL_ENABLED unset: an SDK configured after wrapping (before serving) counts."""
+        pytest.importorskip("opentelemetry.sdk")
+        app = trace_requests(_bare, InMemoryConfig({}))  # no SDK yet: would be off
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+        assert (await _get(app, "/")).status_code == 202
+        assert [s.name for s in exporter.get_finished_spans()] == ["GET"]
+
+    async def test_install_error_handling_traces_outside_the_whole_stack(
+        self, sdk_spans: Any
+    ) -> None:
+        """Starlette: the span is opened per request from app.state.infra's config and
+        wraps every middleware, even one added after install_error_handling; with no
+        infrastructure in app.state yet, none."""
+        from opentelemetry import trace
+
+        seen: list[bool] = []
+
+        class Probe:
+            def __init__(self, app: Any) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    seen.append(trace.get_current_span().get_span_context().is_valid)
+                await self.app(scope, receive, send)
+
+        app = Starlette(routes=[Route("/orders/{id}", plain)])
+        install_error_handling(app)
+        app.add_middleware(Probe)  # outermost of the user middleware
+        assert (await _get(app, "/orders/1")).status_code == 200
+        assert list(sdk_spans.get_finished_spans()) == []
+        app.state.infra = SimpleNamespace(config=InMemoryConfig({"OTEL_ENABLED": "true"}))
+        assert (await _get(app, "/orders/2")).status_code == 200
+        (span,) = sdk_spans.get_finished_spans()
+        assert span.name == "GET /orders/{id}"
+        assert seen == [False, True]
+
+    async def test_no_edge_when_starlettes_own_opentelemetry_middleware_is_in_the_stack(
+        self, sdk_spans: Any
+    ) -> None:
+        """An OpenTelemetry ASGI middleware in the stack (here Starlette's own, added
+        inside ours) opens the server span: ours adds none, so there is one."""
+        otel_middleware = pytest.importorskip("starlette.middleware.opentelemetry")
+        app = Starlette(routes=[Route("/plain", plain)])
+        install_error_handling(app)
+        app.add_middleware(otel_middleware.OpenTelemetryMiddleware)
+        app.state.infra = SimpleNamespace(config=InMemoryConfig({"OTEL_ENABLED": "true"}))
+        assert (await _get(app, "/plain")).status_code == 200
+        (span,) = sdk_spans.get_finished_spans()
+        assert span.instrumentation_scope.name != "hexinfra"
