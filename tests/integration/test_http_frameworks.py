@@ -578,10 +578,7 @@ def _ancestors(span: Any, spans: list[Any]) -> list[int]:
 def test_the_readme_recipe_gives_one_server_span_over_the_handlers_spans(
     framework: str, sdk_spans: Any
 ) -> None:
-    """With telemetry on, a request through the README's recipe is one SERVER span
-    (method, route template, status) whose trace holds the handler's DB query, the
-    event's send and process spans and the handler's query, all below it; FastAPI's
-    own server span, when on, is the only one."""
+    """Telemetry on: one SERVER span per request, over the handler's DB and event spans."""
     from opentelemetry.trace import SpanKind
 
     stream = LogStream()
@@ -624,8 +621,7 @@ def test_the_readme_recipe_gives_one_server_span_over_the_handlers_spans(
 
 @pytest.mark.parametrize("framework", ["starlette", "fastapi"])
 def test_with_otel_disabled_the_recipe_opens_no_span(framework: str, sdk_spans: Any) -> None:
-    """OTEL_ENABLED=false with an SDK configured: the request, its query and its event
-    leave no span at all (nor a trace id in the access line)."""
+    """OTEL_ENABLED=false with an SDK configured: no span at all, no trace id logged."""
     stream = LogStream()
     logger = StructlogLogger(service="web", stream=stream)
     server = Served(_traced_app(framework, logger, "false"), {}).start()
@@ -646,8 +642,7 @@ def test_with_otel_disabled_the_recipe_opens_no_span(framework: str, sdk_spans: 
 
 
 def test_without_opentelemetry_the_recipe_serves_and_imports_no_telemetry() -> None:
-    """opentelemetry-api absent (imports blocked): the README recipe serves requests and
-    never imports adapters.telemetry."""
+    """Without opentelemetry-api the recipe serves and never imports adapters.telemetry."""
     code = """
 import sys
 for name in [m for m in sys.modules if m.split('.')[0] == 'opentelemetry']:

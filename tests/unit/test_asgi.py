@@ -272,8 +272,7 @@ class TestServerSpan:
     async def test_trace_requests_wraps_a_pure_asgi_app_when_telemetry_is_on(
         self, sdk_spans: Any
     ) -> None:
-        """The pure-ASGI recipe with OTEL_ENABLED=true: one SERVER span per request with
-        method, path and status (no route: a bare app matches none)."""
+        """Pure ASGI, OTEL_ENABLED=true: a SERVER span with method, path and status."""
         from opentelemetry.trace import SpanKind
 
         app = trace_requests(
@@ -319,9 +318,7 @@ class TestServerSpan:
     async def test_install_error_handling_traces_outside_the_whole_stack(
         self, sdk_spans: Any
     ) -> None:
-        """Starlette: the span is opened per request from app.state.infra's config and
-        wraps every middleware, even one added after install_error_handling; with no
-        infrastructure in app.state yet, none."""
+        """Starlette: the span wraps every middleware, once app.state.infra turns it on."""
         from opentelemetry import trace
 
         seen: list[bool] = []
@@ -349,8 +346,7 @@ class TestServerSpan:
     async def test_no_edge_when_starlettes_own_opentelemetry_middleware_is_in_the_stack(
         self, sdk_spans: Any
     ) -> None:
-        """An OpenTelemetry ASGI middleware in the stack (here Starlette's own, added
-        inside ours) opens the server span: ours adds none, so there is one."""
+        """Starlette's own OpenTelemetry middleware in the stack: ours adds no second span."""
         otel_middleware = pytest.importorskip("starlette.middleware.opentelemetry")
         app = Starlette(routes=[Route("/plain", plain)])
         install_error_handling(app)
