@@ -24,6 +24,13 @@ the same choice of adapters: the ASGI lifespan connects them (and migrates, and
 subscribes the projection) at startup and closes them at shutdown; Ctrl-C finishes the
 requests in flight, then closes the adapters and stops the servers it started.
 uvicorn's own lines come out as the service's JSON lines.
+
+Under ``serve``, unless ``OTEL_ENABLED=false``, the composition root also configures the
+OpenTelemetry SDK (:func:`configure_telemetry`, before the infrastructure is built): a
+MeterProvider read by the Prometheus exporter, whose ``hexinfra_*`` metrics are served at
+``GET /metrics``, and a TracerProvider, so that the ports are traced, each request has
+a server span and log lines carry ``trace_id`` / ``span_id`` (add your span exporter,
+e.g. OTLP, there).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from adapters.asgi import ASGIApp, trace_requests
 from adapters.bootstrap import Infrastructure, build_infrastructure
 from adapters.env_config import EnvConfig
 from adapters.migrations import migrate
@@ -54,7 +62,16 @@ from ports.logger import Logger
 from .domain import OrderService, TotalsProjection
 from .http import create_app
 
-__all__ = ["MIGRATIONS", "migrate_schema", "build_app", "run_demo", "ServedApp", "serve", "main"]
+__all__ = [
+    "MIGRATIONS",
+    "migrate_schema",
+    "build_app",
+    "run_demo",
+    "configure_telemetry",
+    "ServedApp",
+    "serve",
+    "main",
+]
 
 MIGRATIONS = importlib.resources.files(__package__) / "migrations"
 """The service's versioned SQL files (``0001_create_orders.sql``, ...), as package data."""
@@ -165,16 +182,77 @@ async def run_demo(config: ConfigSource, *, reason: str = "") -> dict[str, Any]:
 Message = MutableMapping[str, Any]
 
 
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def configure_telemetry(config: ConfigSource, logger: Logger) -> ASGIApp | None:
+    """Set the process's OpenTelemetry SDK providers; return the ``/metrics`` app.
+
+    Unless ``OTEL_ENABLED=false``: a MeterProvider whose PrometheusMetricReader feeds a
+    registry of its own (the ``hexinfra.*`` instruments as ``hexinfra_*`` families),
+    and a TracerProvider (no exporter here: plug yours in), both with the resource's
+    ``service.name``. Call it once per process, before ``build_infrastructure``: the
+    providers are global, and the ports are wrapped when an SDK is configured.
+    Returns ``None`` (no ``/metrics``) when telemetry is off, or when the SDK and the
+    exporter (the ``examples`` extra) are not installed and ``OTEL_ENABLED`` is unset.
+    """
+    if not config.get_bool("OTEL_ENABLED", True):
+        return None
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from prometheus_client import CollectorRegistry, make_asgi_app
+    except ImportError as exc:
+        if config.is_set("OTEL_ENABLED"):
+            raise ConfigurationError(
+                "OTEL_ENABLED=true: the example's metrics need the examples extra "
+                "(pip install 'hexinfra[examples]')",
+                details={"key": "OTEL_ENABLED", "missing": exc.name or ""},
+            ) from exc
+        logger.warning("metrics off: install the examples extra", missing=exc.name or "")
+        return None
+    resource = Resource.create({"service.name": config.get_str("SERVICE_NAME", "orders")})
+    registry = CollectorRegistry()
+    # No otel_scope_* labels on every series: the names say hexinfra_ already.
+    reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
+    # The durations are in seconds: buckets from 1 ms to 10 s (the SDK's default ones
+    # are made for milliseconds).
+    seconds = View(
+        instrument_name="hexinfra.*.duration",
+        aggregation=ExplicitBucketHistogramAggregation(_SECONDS_BUCKETS),
+    )
+    metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[reader], views=[seconds])
+    )
+    trace.set_tracer_provider(TracerProvider(resource=resource))
+    return make_asgi_app(registry)
+
+
 class ServedApp:
     """The orders service as one ASGI app for a server: its lifespan builds and
     connects the infrastructure, migrates and subscribes (:func:`build_app`) at
     startup, and closes it at shutdown. A failed startup closes whatever was opened
-    and is reported to the server (which then stops)."""
+    and is reported to the server (which then stops). Requests get an HTTP server
+    span when telemetry is on (:func:`adapters.asgi.trace_requests`); with
+    ``metrics``, ``GET /metrics`` is answered by it, outside the span and the request
+    context (a scrape is not a request of the service; uvicorn logs its access line)."""
 
-    def __init__(self, config: ConfigSource, *, logger: Logger, reason: str = "") -> None:
+    def __init__(
+        self,
+        config: ConfigSource,
+        *,
+        logger: Logger,
+        reason: str = "",
+        metrics: ASGIApp | None = None,
+    ) -> None:
         self._config = config
         self._logger = logger
         self._reason = reason
+        self._metrics = metrics
         self._app: Callable[..., Awaitable[None]] | None = None
 
     async def __call__(
@@ -185,6 +263,9 @@ class ServedApp:
     ) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if self._metrics is not None and scope["type"] == "http" and scope["path"] == "/metrics":
+            await self._metrics(scope, receive, send)
             return
         if self._app is None:  # a server that skipped the lifespan
             raise RuntimeError("the orders service is not started (lifespan off?)")
@@ -198,7 +279,8 @@ class ServedApp:
         try:
             await infra.connect()
             infra.logger.info("adapters chosen", mode=infra.mode, reason=self._reason)
-            self._app, _ = await build_app(infra)
+            app, _ = await build_app(infra)
+            self._app = trace_requests(app, self._config)
         except Exception as exc:
             await infra.close()
             text = redact_error_text(f"{type(exc).__name__}: {safe_str(exc)}")
@@ -222,9 +304,10 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         host = config.get_str("HTTP_HOST", "127.0.0.1")
         port = config.get_int("HTTP_PORT", 8000)
         logger = configure_logging(config)  # uvicorn's lines too, as JSON
+        metrics = configure_telemetry(config, logger)  # before the ports are built
         server = uvicorn.Server(
             uvicorn.Config(
-                ServedApp(config, logger=logger, reason=reason),
+                ServedApp(config, logger=logger, reason=reason, metrics=metrics),
                 host=host,
                 port=port,
                 log_config=None,  # configure_logging has the uvicorn loggers

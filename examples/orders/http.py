@@ -1,7 +1,8 @@
 """The orders service's HTTP edge: a tiny pure-ASGI router (no framework needed).
 
 Routes: ``POST /orders``, ``GET /orders/{id}``, ``GET /organizations/{id}/totals``,
-``GET /health``. Errors are raised as domain errors and rendered by
+``GET /health``; the matched template goes in ``scope["route"]`` (as Starlette does) for
+the HTTP server span's ``http.route``. Errors are raised as domain errors and rendered by
 :class:`adapters.asgi.DomainErrorMiddleware`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapters.asgi import ASGIApp, DomainErrorMiddleware, RequestContextMiddleware
 from domain_errors import BadRequest, NotFound
@@ -57,6 +58,21 @@ async def _send_json(send: Send, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+class _Route(NamedTuple):
+    path: str
+
+
+def _route_of(parts: list[str]) -> _Route | None:
+    """The route template the path matches, for the server span's ``http.route``."""
+    if parts in (["orders"], ["health"]):
+        return _Route("/" + parts[0])
+    if len(parts) == 2 and parts[0] == "orders":
+        return _Route("/orders/{order_id}")
+    if len(parts) == 3 and parts[::2] == ["organizations", "totals"]:
+        return _Route("/organizations/{organization_id}/totals")
+    return None
+
+
 def create_app(service: OrderService, *, logger: Logger, health: HealthProbe) -> ASGIApp:
     """The ASGI app, wrapped in the request-context and error middleware."""
 
@@ -67,6 +83,9 @@ def create_app(service: OrderService, *, logger: Logger, health: HealthProbe) ->
             await send({"type": "lifespan.shutdown.complete"})
             return
         method, parts = scope["method"], [p for p in scope["path"].split("/") if p]
+        route = _route_of(parts)
+        if route is not None:  # the server span's http.route (as Starlette's scope["route"])
+            scope["route"] = route
         if method == "POST" and parts == ["orders"]:
             body = await _read_json(receive)
             if not isinstance(body, dict):
