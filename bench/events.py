@@ -3,6 +3,7 @@
     .venv/bin/python bench/events.py            # starts its own nats-server from the wheel
     NATS_URL=nats://127.0.0.1:4222 .venv/bin/python bench/events.py
     .venv/bin/python bench/events.py --quick    # smaller runs (a smoke test)
+    .venv/bin/python bench/events.py --only telemetry --rounds 11   # issue 15 only
 
 Side by side, in one process, on the same server and the same messages:
 
@@ -20,6 +21,23 @@ times, the two sides back to back, alternating which goes first. The machine is
 shared and noisy, so the ratio reported (and held to its target) is the median of
 the per-round ratios: a slow spell hits both sides of a round alike. The best
 round of each side is printed too, and the best-to-best ratio beside it.
+
+Telemetry (issue 15, point 5; ADR 0031), on a stream of its own, four sides: raw
+nats-py; "off", the bare adapter, which is what ``build_infrastructure`` builds with
+``OTEL_ENABLED=false`` (checked at run time: nothing is wrapped); "no-op",
+``TracedPublisher`` / ``TracedSubscriber`` on the API's no-op providers; "SDK", the
+same on an SDK TracerProvider + BatchSpanProcessor on a dropping exporter and an SDK
+MeterProvider (``bench/_otel.py``), whose timed work ends with ``force_flush()``.
+Sequential publish + ack is interleaved message by message (message i goes through
+the four sides in turn, each call timed); consume + ack at c=1 and c=16 runs the
+four sides one after another on the same messages, the order rotating with the
+round; a first round warms up and is not counted. Reported: messages/s, off / raw,
+and the microseconds per message that no-op and SDK add to off (per round, median
+and range). Since off is the bare adapter, what remains of telemetry there is the
+trace-context hooks ADR 0031 put in the adapter: a micro-benchmark gives their cost
+per publish and per delivery as a share of the per-message time.
+FastStream's OpenTelemetry middleware on the same consume path:
+``bench/telemetry_faststream.py``.
 """
 
 from __future__ import annotations
@@ -32,20 +50,26 @@ import os
 import statistics
 import sys
 import time
+import timeit
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import attrs
 import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import event_codec
+from adapters._trace_carrier import OUTGOING, carrier_from_headers, incoming
 from adapters.memory import InMemoryConfig, InMemoryEventBus
 from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
-from ports.events import Event
+from adapters.telemetry import TracedPublisher, TracedSubscriber
+from bench._otel import SdkProviders, check_off_is_unwrapped, noop_telemetry, sdk_telemetry
+from ports.events import Event, Publisher, Subscriber
 
 _ids = itertools.count()
 # name, our rates, raw rates (paired by round) or None, target ratio or None
@@ -180,6 +204,39 @@ async def bench_nats(url: str, *, sizes: dict[str, int], rounds: int) -> list[Re
     return results
 
 
+async def consume_ours(subscriber: Subscriber, subject: str, durable: str, n: int, c: int) -> None:
+    """Subscribe (a new durable), handle ``n`` events at concurrency ``c``, stop."""
+    done = asyncio.Event()
+    count = 0
+
+    async def handler(event: Event) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    sub = await subscriber.subscribe(subject, handler, durable=durable, concurrency=c)
+    await done.wait()
+    await sub.stop()
+
+
+async def consume_raw_pull(
+    js: JetStreamContext, wire: str, durable: str, stream: str, n: int, c: int
+) -> None:
+    """A raw pull consumer holding what a subscription at concurrency ``c`` holds:
+    ``fetch(2 x c)``, ack each, until ``n`` are acked."""
+    psub = await js.pull_subscribe(wire, durable=durable, stream=stream)
+    count = 0
+    while count < n:
+        try:
+            msgs = await psub.fetch(2 * c, timeout=1)
+        except nats.errors.TimeoutError:
+            continue
+        await asyncio.gather(*(msg.ack() for msg in msgs))
+        count += len(msgs)
+    await psub.unsubscribe()
+
+
 async def _consume(
     conn: NatsConnection, js: JetStreamContext, prefix: str, n: int, rounds: int, c: int
 ) -> list[Result]:
@@ -193,32 +250,10 @@ async def _consume(
         wire = f"{prefix}.{subject}.>"
 
         async def ours(subject: str = subject, r: int = r) -> None:
-            done = asyncio.Event()
-            count = 0
-
-            async def handler(event: Event) -> None:
-                nonlocal count
-                count += 1
-                if count == n:
-                    done.set()
-
-            sub = await subscriber.subscribe(
-                f"{subject}.>", handler, durable=f"ours{c}x{r}", concurrency=c
-            )
-            await done.wait()
-            await sub.stop()
+            await consume_ours(subscriber, f"{subject}.>", f"ours{c}x{r}", n, c)
 
         async def raw_pull(wire: str = wire, r: int = r) -> None:
-            psub = await js.pull_subscribe(wire, durable=f"pull{c}x{r}", stream="BENCH")
-            count = 0
-            while count < n:
-                try:
-                    msgs = await psub.fetch(2 * c, timeout=1)
-                except nats.errors.TimeoutError:
-                    continue
-                await asyncio.gather(*(msg.ack() for msg in msgs))
-                count += len(msgs)
-            await psub.unsubscribe()
+            await consume_raw_pull(js, wire, f"pull{c}x{r}", "BENCH", n, c)
 
         async def raw_push(wire: str = wire, r: int = r) -> None:
             done = asyncio.Event()
@@ -279,6 +314,215 @@ async def _memory_round(n: int) -> float:
     return rate
 
 
+# -- telemetry (issue 15, point 5; ADR 0031) ----------------------------------------------
+# Four sides per round, on one server and one stream: raw nats-py (pre-encoded, as
+# above), "off" (the bare adapter: what build_infrastructure builds with
+# OTEL_ENABLED=false), "no-op" (TracedPublisher / TracedSubscriber on the API's no-op
+# providers) and "SDK" (the same on an SDK TracerProvider + BatchSpanProcessor on a
+# dropping exporter, and an SDK MeterProvider). The SDK side's timed work ends with
+# force_flush(), so the span processor's work on its spans is charged to it.
+SIDES: Final = ("raw", "off", "no-op", "SDK")
+
+
+@attrs.frozen
+class TelemetryRow:
+    path: str
+    rates: dict[str, list[float]]
+    """Side -> messages per second, one per round (the rounds paired)."""
+
+
+def per_message_us(rate: float) -> float:
+    return 1e6 / rate
+
+
+def overheads_us(row: TelemetryRow, side: str, base: str = "off") -> list[float]:
+    """Per round: microseconds per message that ``side`` spends beyond ``base``."""
+    return [
+        per_message_us(a) - per_message_us(b)
+        for a, b in zip(row.rates[side], row.rates[base], strict=True)
+    ]
+
+
+def ratios(row: TelemetryRow, side: str, base: str) -> list[float]:
+    return [a / b for a, b in zip(row.rates[side], row.rates[base], strict=True)]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``median (min..max)``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
+def publish_calls(
+    js: JetStreamContext,
+    messages: list[tuple[str, bytes, dict[str, str]]],
+    publishers: dict[str, Publisher],
+) -> list[Callable[[int], Awaitable[object]]]:
+    """One call per side of SIDES: ``call(i)`` publishes that side's message ``i`` (raw
+    nats-py: pre-encoded; ours: a fresh event each)."""
+
+    def raw(i: int) -> Awaitable[object]:
+        subject, body, headers = messages[i]
+        return js.publish(subject, body, headers=headers)
+
+    def ours(publisher: Publisher) -> Callable[[int], Awaitable[object]]:
+        batch = events(len(messages))
+        return lambda i: publisher.publish(batch[i])
+
+    return [raw, *(ours(publishers[side]) for side in SIDES[1:])]
+
+
+async def bench_telemetry(
+    url: str, *, sizes: dict[str, int], rounds: int, sdk: SdkProviders
+) -> list[TelemetryRow]:
+    config = InMemoryConfig(
+        {
+            "NATS_URL": url,
+            "EVENTS_STREAM": "BENCHTEL",
+            "EVENTS_PREFIX": "benchtel",
+            "EVENTS_DEAD_PREFIX": "benchtel-dead",
+        }
+    )
+    conn = NatsConnection.from_config(config)
+    await conn.connect()
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    prefix = conn.settings.prefix
+    noop, traced = noop_telemetry(), sdk_telemetry(sdk)
+    off_pub, off_sub = NatsPublisher(conn), NatsSubscriber(conn)
+    publishers: dict[str, Publisher] = {
+        "off": off_pub,
+        "no-op": TracedPublisher(off_pub, telemetry=noop),
+        "SDK": TracedPublisher(off_pub, telemetry=traced),
+    }
+    subscribers: dict[str, Subscriber] = {
+        "off": off_sub,
+        "no-op": TracedSubscriber(off_sub, telemetry=noop),
+        "SDK": TracedSubscriber(off_sub, telemetry=traced),
+    }
+    rows: list[TelemetryRow] = []
+
+    def flushed(work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await work()
+            sdk.tracer_provider.force_flush()
+
+        return run
+
+    # -- publish + ack, sequential: interleaved message by message ---------------------
+    # Message i goes through every side in turn (the order rotating with i), each call
+    # timed on its own: a slow spell of the shared machine hits all four alike.
+    n = sizes["sequential"]
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    for r in range(-1, rounds):  # round -1 warms up and is not counted
+        calls = publish_calls(js, encoded(events(n), prefix), publishers)
+        spent = [0.0] * len(calls)
+        for i in range(n):
+            for k in range(len(calls)):
+                j = (i + r + k) % len(calls)
+                began = time.perf_counter()
+                await calls[j](i)
+                spent[j] += time.perf_counter() - began
+        began = time.perf_counter()
+        sdk.tracer_provider.force_flush()  # the SDK side's spans, through the processor
+        spent[SIDES.index("SDK")] += time.perf_counter() - began
+        for side, seconds in zip(SIDES, spent if r >= 0 else (), strict=False):
+            rates[side].append(n / seconds)
+    rows.append(TelemetryRow("publish + ack, sequential", rates))
+
+    # -- consume + ack at concurrency 1 and 16 ------------------------------------------
+    n = sizes["consume_traced"]
+    for c in (1, 16):
+        rates = {side: [] for side in SIDES}
+        for r in range(-1, rounds):  # round -1 warms up and is not counted
+            subject = f"tel{c}x{r + 1}"
+            await off_pub.publish_many(events(n, f"{subject}.tick"))
+
+            async def raw_pull(subject: str = subject, r: int = r, c: int = c) -> None:
+                wire = f"{prefix}.{subject}.>"
+                await consume_raw_pull(js, wire, f"raw{subject}", "BENCHTEL", n, c)
+
+            def ours_consume(
+                side: str, subject: str = subject, c: int = c
+            ) -> Callable[[], Awaitable[None]]:
+                durable = f"{side.replace('-', '')}{subject}"
+
+                async def run() -> None:
+                    await consume_ours(subscribers[side], f"{subject}.>", durable, n, c)
+
+                return run
+
+            sides = [raw_pull, ours_consume("off"), ours_consume("no-op")]
+            sides.append(flushed(ours_consume("SDK")))
+            # the order rotates with the round: each side runs first, second ... in turn
+            order = [(r + k) % len(sides) for k in range(len(sides))]
+            measured = [0.0] * len(sides)
+            for k in order:
+                measured[k] = await timed(sides[k], n)
+            for side, rate in zip(SIDES, measured if r >= 0 else (), strict=False):
+                rates[side].append(rate)
+        rows.append(TelemetryRow(f"consume + ack, c={c}", rates))
+
+    await js.delete_stream("BENCHTEL")
+    await js.delete_stream("BENCHTEL_DEAD")
+    await nc.close()
+    await conn.close()
+    return rows
+
+
+def off_path_residual() -> tuple[float, float]:
+    """Nanoseconds per publish and per delivery that ADR 0031's hooks add to the bare
+    adapter (telemetry off): ``OUTGOING.get()`` and ``encode(trace=None)`` per publish;
+    ``carrier_from_headers`` and ``with incoming(None)`` per delivery. Best of 7."""
+    event = events(1)[0]
+    _, headers = event_codec.encode(event)
+    lowered = {k.lower(): v for k, v in headers.items()}
+
+    def best_ns(fn: Callable[[], object], number: int = 100_000) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e9
+
+    def delivery() -> None:
+        with incoming(carrier_from_headers(lowered)):
+            pass
+
+    with_hook = best_ns(lambda: event_codec.encode(event, request_id=None, trace=OUTGOING.get()))
+    without = best_ns(lambda: event_codec.encode(event, request_id=None))
+    empty = best_ns(lambda: None)
+    return max(0.0, with_hook - without), best_ns(delivery) - empty
+
+
+def report_telemetry(rows: list[TelemetryRow], residual: tuple[float, float]) -> None:
+    print(
+        "\nTelemetry (issue 15): messages/s, median of the rounds; ratios and overheads "
+        "per round, median (min..max)"
+    )
+    print(
+        f"{'path':28} {'raw':>7} {'off':>7} {'no-op':>7} {'SDK':>7}  {'off/raw':>17}  "
+        f"{'no-op - off, us/msg':>21}  {'SDK - off, us/msg':>21}  {'SDK/off':>17}"
+    )
+    for row in rows:
+        med = {side: statistics.median(row.rates[side]) for side in SIDES}
+        print(
+            f"{row.path:28} "
+            + " ".join(f"{med[side]:7,.0f}" for side in SIDES)
+            + f"  {spread(ratios(row, 'off', 'raw'), '.2f'):>17}"
+            + f"  {spread(overheads_us(row, 'no-op'), '+.1f'):>21}"
+            + f"  {spread(overheads_us(row, 'SDK'), '+.1f'):>21}"
+            + f"  {spread(ratios(row, 'SDK', 'off'), '.2f'):>17}"
+        )
+    publish_ns, delivery_ns = residual
+    off_us = {row.path: per_message_us(statistics.median(row.rates["off"])) for row in rows}
+    print(
+        f"\noff vs untraced: nothing is wrapped ({check_off_is_unwrapped()}); what ADR "
+        f"0031 left in the bare adapter costs {publish_ns:.0f} ns per publish and "
+        f"{delivery_ns:.0f} ns per delivery (micro-benchmark), i.e. "
+        + ", ".join(
+            f"{(publish_ns if path.startswith('publish') else delivery_ns) / 1e3 / us:.2%} "
+            f"of {path} ({us:.1f} us/msg)"
+            for path, us in off_us.items()
+        )
+    )
+
+
 def report(results: list[Result], memory_target: float) -> bool:
     ok = True
     print(
@@ -309,16 +553,38 @@ def report(results: list[Result], memory_target: float) -> bool:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small runs, one round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, help="paired rounds (default 5; 1 with --quick)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["ports", "telemetry"],
+        default=["ports", "telemetry"],
+        help="sections to run: our ports vs raw nats-py, telemetry (issue 15)",
+    )
     args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
+    rounds = args.rounds or (1 if args.quick else 5)
     scale = 10 if args.quick else 1
-    sizes = {"sequential": 3_000 // scale, "pipelined": 30_000 // scale, "consume": 20_000 // scale}
+    sizes = {
+        "sequential": 3_000 // scale,
+        "pipelined": 30_000 // scale,
+        "consume": 20_000 // scale,
+        "consume_traced": 5_000 // scale,
+    }
     began = time.monotonic()
+    ok = True
     with server() as url:
-        results = await bench_nats(url, sizes=sizes, rounds=rounds)
-    results.append(await bench_memory(200_000 // scale, rounds))
-    ok = report(results, memory_target=100_000)
+        if "ports" in args.only:
+            results = await bench_nats(url, sizes=sizes, rounds=rounds)
+            results.append(await bench_memory(200_000 // scale, rounds))
+            ok = report(results, memory_target=100_000)
+        if "telemetry" in args.only:
+            sdk = SdkProviders()
+            try:
+                rows = await bench_telemetry(url, sizes=sizes, rounds=rounds, sdk=sdk)
+            finally:
+                sdk.shutdown()
+            report_telemetry(rows, off_path_residual())
+            print(f"(SDK side: {sdk.exporter.spans:,} spans made, batched and dropped)")
     print(
         f"\n(ratio: median of {rounds} paired rounds, their range in brackets; "
         f"{time.monotonic() - began:.0f} s in all)"

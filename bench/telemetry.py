@@ -18,34 +18,16 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
 from adapters.memory import InMemoryEventBus, SqliteDatabase
 from adapters.telemetry import Telemetry, TracedDatabase, TracedPublisher, TracedSubscriber
+from bench._otel import sdk_telemetry
 from ports.events import Event
-
-
-class DropExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
-def sdk_telemetry() -> Telemetry:
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(
-        BatchSpanProcessor(DropExporter(), max_queue_size=1_000_000, max_export_batch_size=4096)
-    )
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    return Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
 
 async def per_query(wrap: Callable[[SqliteDatabase], Any], n: int) -> float:
