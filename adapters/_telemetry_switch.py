@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from adapters.outbox import OutboxRelay
     from adapters.telemetry import OutboxLagGauge, Telemetry
 
-__all__ = ["telemetry_wanted", "traced_ports", "lag_gauge"]
+__all__ = ["telemetry_wanted", "default_telemetry", "traced_ports", "lag_gauge"]
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -47,18 +47,25 @@ def telemetry_wanted(setting: str | None, *, given: bool = False) -> bool:
     return sdk_configured()
 
 
+def default_telemetry() -> Telemetry:
+    """A ``Telemetry`` on the global providers; only call it when
+    :func:`telemetry_wanted` said so."""
+    from adapters.telemetry import Telemetry
+
+    return Telemetry()
+
+
 def traced_ports(
     database: Database,
     publisher: Publisher,
     subscriber: Subscriber,
-    telemetry: Telemetry | None = None,
+    telemetry: Telemetry,
 ) -> tuple[Database, Publisher, Subscriber]:
-    """The three ports wrapped in ``adapters.telemetry`` (``telemetry``'s providers, or
-    the global ones), with log lines joined to traces and the current span's context
-    readable by the outbox (``adapters._trace_carrier.current()``); only call it when
+    """The three ports wrapped in ``adapters.telemetry`` (``telemetry``'s providers),
+    with log lines joined to traces and the current span's context readable by the
+    outbox (``adapters._trace_carrier.current()``); only call it when
     :func:`telemetry_wanted` said so."""
     from adapters.telemetry import (
-        Telemetry,
         TracedDatabase,
         TracedPublisher,
         TracedSubscriber,
@@ -66,7 +73,6 @@ def traced_ports(
         join_logs_to_traces,
     )
 
-    telemetry = telemetry if telemetry is not None else Telemetry()
     join_logs_to_traces()
     expose_current_context()
     return (
@@ -76,9 +82,9 @@ def traced_ports(
     )
 
 
-def lag_gauge(relay: OutboxRelay, telemetry: Telemetry | None = None) -> OutboxLagGauge:
-    """The ``hexinfra.outbox.lag`` gauge sampling ``relay`` (``telemetry``'s meter, or
-    the global one); only call it when :func:`telemetry_wanted` said so."""
+def lag_gauge(relay: OutboxRelay, telemetry: Telemetry) -> OutboxLagGauge:
+    """The ``hexinfra.outbox.lag`` gauge sampling ``relay`` (``telemetry``'s meter);
+    only call it when :func:`telemetry_wanted` said so."""
     from adapters.telemetry import OutboxLagGauge
 
     return OutboxLagGauge(relay, telemetry=telemetry)

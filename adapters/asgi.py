@@ -63,6 +63,7 @@ from .redaction import is_secret_name, redact_headers, redact_value
 
 if TYPE_CHECKING:
     from .bootstrap import Infrastructure
+    from .telemetry import Telemetry
 
 __all__ = [
     "RequestContextMiddleware",
@@ -417,10 +418,11 @@ def install_error_handling(app: Any, *, logger: Logger | None = None) -> None:
     answer passes through ``RequestContextMiddleware`` and carries the request id),
     and a handler for ``Exception`` renders what a middleware of yours raises.
 
-    With telemetry on for the infrastructure in ``app.state.infra`` (``OTEL_ENABLED``,
-    as :func:`adapters.bootstrap.build_infrastructure` decides; the lifespan of
-    :func:`infrastructure_lifespan` puts it there), each HTTP request gets an
-    OpenTelemetry server span, opened outside the whole middleware stack (see
+    With telemetry on for the infrastructure in ``app.state.infra`` (its
+    ``telemetry``, as :func:`adapters.bootstrap.build_infrastructure` decided from
+    ``OTEL_ENABLED``; the lifespan of :func:`infrastructure_lifespan` puts it there),
+    each HTTP request gets an OpenTelemetry server span recorded with the providers
+    the ports use, opened outside the whole middleware stack (see
     :func:`trace_requests`); nothing when an OpenTelemetry ASGI instrumentation, or
     FastAPI's own telemetry, already opened one.
 
@@ -464,17 +466,27 @@ def _trace_outside_the_stack(app: Any) -> None:
     build = app.build_middleware_stack
     state = app.state
 
-    def config_of_infra() -> ConfigSource | None:
-        infra = getattr(state, "infra", None)
-        return getattr(infra, "config", None)
+    def infra() -> Infrastructure | None:
+        return getattr(state, "infra", None)
 
     def build_with_server_span() -> ASGIApp:
         stack: ASGIApp = build()
         if _instrumented(stack):  # an OpenTelemetry ASGI instrumentation is in charge
             return stack
-        return _ServerSpanEdge(stack, config_of_infra)
+        return _ServerSpanEdge(stack, infra, _traced_as_infra)
 
     app.build_middleware_stack = build_with_server_span
+
+
+def _traced_as_infra(app: ASGIApp, infra: Any) -> ASGIApp | None:
+    """``app`` in a server span with the infrastructure's telemetry (the one its ports
+    record to); ``None`` when its telemetry is off."""
+    telemetry = getattr(infra, "telemetry", None)
+    if telemetry is None:
+        return None
+    from .telemetry import TracedASGIMiddleware
+
+    return TracedASGIMiddleware(app, telemetry=telemetry)
 
 
 async def _framework_response(connection: Any, exc: Exception, logger: Logger | None) -> Any:
@@ -501,12 +513,13 @@ def infrastructure_lifespan(
     logger: Logger | None = None,
     memory: bool | None = None,
     setup: Callable[[Infrastructure], Awaitable[None]] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
     """A Starlette/FastAPI ``lifespan`` that connects the adapters at startup.
 
     ``Starlette(lifespan=infrastructure_lifespan(config))`` (or ``FastAPI(...)``):
     at startup :func:`adapters.bootstrap.build_infrastructure` (``config``,
-    ``logger``, ``memory`` as there) is entered and put in ``app.state.infra``,
+    ``logger``, ``memory``, ``telemetry`` as there) is entered and put in ``app.state.infra``,
     then ``setup(infra)`` runs (migrations, subscriptions); at shutdown, after the
     server has finished its requests, it is closed. A failed connect (or ``setup``)
     closes whatever was opened and fails the startup: the server stops with the
@@ -516,7 +529,7 @@ def infrastructure_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        infra = build_infrastructure(config, memory=memory, logger=logger)
+        infra = build_infrastructure(config, memory=memory, logger=logger, telemetry=telemetry)
         async with infra:
             if setup is not None:
                 await setup(infra)
@@ -533,7 +546,9 @@ def infrastructure_lifespan(
 # -- the HTTP server span (ADR 0031) ------------------------------------------------------
 
 
-def trace_requests(app: ASGIApp, config: ConfigSource) -> ASGIApp:
+def trace_requests(
+    app: ASGIApp, config: ConfigSource, *, telemetry: Telemetry | None = None
+) -> ASGIApp:
     """``app`` with an OpenTelemetry HTTP server span per request when telemetry is on.
 
     For a pure ASGI app (Starlette and FastAPI get it from
@@ -543,43 +558,51 @@ def trace_requests(app: ASGIApp, config: ConfigSource) -> ASGIApp:
     so an SDK configured after this call still counts. Off, or without
     ``opentelemetry-api``, the request passes through untouched. The span itself is
     :class:`adapters.telemetry.TracedASGIMiddleware`'s (none when a server span is
-    already open).
+    already open), recorded with ``telemetry`` (pass ``infra.telemetry`` to record
+    with the providers the ports use; ``None``: the global ones).
     """
-    return _ServerSpanEdge(app, lambda: config)
+
+    def traced(app: ASGIApp, config: ConfigSource) -> ASGIApp | None:
+        from ._telemetry_switch import telemetry_wanted
+
+        if not telemetry_wanted(config.get("OTEL_ENABLED"), given=telemetry is not None):
+            return None
+        from .telemetry import TracedASGIMiddleware
+
+        return TracedASGIMiddleware(app, telemetry=telemetry)
+
+    return _ServerSpanEdge(app, lambda: config, traced)
 
 
 class _ServerSpanEdge:
-    """Hands HTTP requests to a ``TracedASGIMiddleware`` around ``app`` when the
-    config given by ``config_of`` turns telemetry on; decided once per config object
-    (``None``: no config yet, pass through)."""
+    """Hands HTTP requests to the traced ``app`` that ``trace(app, source)`` builds for
+    the source ``source_of`` gives (the infrastructure, or a config), decided once per
+    source object; passes them through when there is no source yet or ``trace`` said
+    ``None`` (telemetry off)."""
 
-    def __init__(self, app: ASGIApp, config_of: Callable[[], ConfigSource | None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        source_of: Callable[[], Any],
+        trace: Callable[[ASGIApp, Any], ASGIApp | None],
+    ) -> None:
         self.app = app
-        self._config_of = config_of
-        self._decided_for: ConfigSource | None = None
+        self._source_of = source_of
+        self._trace = trace
+        self._decided_for: Any = None
         self._traced: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            config = self._config_of()
-            if config is not None:
-                if config is not self._decided_for:
-                    self._traced = _traced(self.app, config)
-                    self._decided_for = config
+            source = self._source_of()
+            if source is not None:
+                if source is not self._decided_for:
+                    self._traced = self._trace(self.app, source)
+                    self._decided_for = source
                 if self._traced is not None:
                     await self._traced(scope, receive, send)
                     return
         await self.app(scope, receive, send)
-
-
-def _traced(app: ASGIApp, config: ConfigSource) -> ASGIApp | None:
-    from ._telemetry_switch import telemetry_wanted
-
-    if not telemetry_wanted(config.get("OTEL_ENABLED")):
-        return None
-    from .telemetry import TracedASGIMiddleware
-
-    return TracedASGIMiddleware(app)
 
 
 _INSTRUMENTATIONS: Final = ("opentelemetry.instrumentation.", "starlette.middleware.opentelemetry")

@@ -225,6 +225,10 @@ class Infrastructure:
     relay: OutboxRelay | None = None
     """The relay publishing the outbox, run as component ``outbox`` (``EVENTS_OUTBOX``);
     ``None`` when off."""
+    telemetry: Telemetry | None = None
+    """The tracer and instruments the ports are wrapped with (``adapters.telemetry``,
+    ADR 0031); ``None`` when telemetry is off. The HTTP edge opens its server span
+    with it."""
     reason: str = ""
     """Why this mode was chosen (``INFRA_ADAPTERS=memory``, ``no DATABASE_URL or
     NATS_URL``...), logged at start."""
@@ -417,15 +421,17 @@ def build_infrastructure(
     # The relay polls through the unwrapped database (no span per poll) and publishes
     # through the traced publisher.
     polled = database
-    from ._telemetry_switch import lag_gauge, telemetry_wanted, traced_ports
+    from ._telemetry_switch import default_telemetry, lag_gauge, telemetry_wanted, traced_ports
 
-    traced = telemetry_wanted(config.get("OTEL_ENABLED"), given=telemetry is not None)
-    if traced:
+    if telemetry_wanted(config.get("OTEL_ENABLED"), given=telemetry is not None):
+        telemetry = telemetry if telemetry is not None else default_telemetry()
         database, publisher, subscriber = traced_ports(database, publisher, subscriber, telemetry)
+    else:
+        telemetry = None
     # --- end OpenTelemetry
     relay = _relay(config, mode, database=polled, publisher=publisher, logger=logger, clock=clock)
     if relay is not None:
-        if traced:
+        if telemetry is not None:
             relay.lag_gauge = lag_gauge(relay.relay, telemetry)
         components.append(("outbox", relay))
     return Infrastructure(
@@ -438,6 +444,7 @@ def build_infrastructure(
         mode=mode,
         outbox=SqlOutbox(database, clock=clock),
         relay=None if relay is None else relay.relay,
+        telemetry=telemetry,
         reason=reason,
         components=components,
     )

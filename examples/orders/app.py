@@ -280,7 +280,7 @@ class ServedApp:
             await infra.connect()
             infra.logger.info("adapters chosen", mode=infra.mode, reason=self._reason)
             app, _ = await build_app(infra)
-            self._app = trace_requests(app, self._config)
+            self._app = trace_requests(app, self._config, telemetry=infra.telemetry)
         except Exception as exc:
             await infra.close()
             text = redact_error_text(f"{type(exc).__name__}: {safe_str(exc)}")

@@ -60,7 +60,7 @@ ORDER: Final = {
 EVENT_ID: Final = "order.placed:o-7c1f"
 
 ONE_TRACE: Final = """\
-POST [SERVER] http.request.method=POST url.path=/orders http.response.status_code=201
+POST /orders [SERVER] http.request.method=POST http.route=/orders url.path=/orders http.response.status_code=201
   INSERT [CLIENT] db.system.name=postgresql db.operation.name=INSERT db.query.text="INSERT INTO orders ..."
   INSERT [CLIENT] db.system.name=postgresql db.operation.name=INSERT db.query.text="INSERT INTO hexinfra_outbox ..."
   SELECT [CLIENT] db.system.name=postgresql db.operation.name=SELECT db.query.text="SELECT pg_notify ..."

@@ -318,7 +318,7 @@ class TestServerSpan:
     async def test_install_error_handling_traces_outside_the_whole_stack(
         self, sdk_spans: Any
     ) -> None:
-        """Starlette: the span wraps every middleware, once app.state.infra turns it on."""
+        """Starlette: the span wraps every middleware, once app.state.infra has telemetry."""
         from opentelemetry import trace
 
         seen: list[bool] = []
@@ -337,11 +337,78 @@ class TestServerSpan:
         app.add_middleware(Probe)  # outermost of the user middleware
         assert (await _get(app, "/orders/1")).status_code == 200
         assert list(sdk_spans.get_finished_spans()) == []
-        app.state.infra = SimpleNamespace(config=InMemoryConfig({"OTEL_ENABLED": "true"}))
+        from adapters.telemetry import Telemetry
+
+        app.state.infra = SimpleNamespace(telemetry=Telemetry())  # as build_infrastructure
         assert (await _get(app, "/orders/2")).status_code == 200
         (span,) = sdk_spans.get_finished_spans()
         assert span.name == "GET /orders/{id}"
         assert seen == [False, True]
+
+    async def test_the_lifespans_telemetry_records_the_server_span_with_the_ports(self) -> None:
+        """``infrastructure_lifespan(config, telemetry=...)``: the server span and the
+        ports' spans go to that Telemetry's provider (no global provider is set), in
+        one trace."""
+        pytest.importorskip("opentelemetry.sdk")
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from adapters.asgi import get_infrastructure, infrastructure_lifespan
+        from adapters.telemetry import Telemetry, expose_current_context, join_logs_to_traces
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+        async def count(request: Request) -> PlainTextResponse:
+            infra = get_infrastructure(request)
+            return PlainTextResponse(str(await infra.database.fetch_value("SELECT 1")))
+
+        app = Starlette(
+            routes=[Route("/count", count)],
+            lifespan=infrastructure_lifespan(
+                InMemoryConfig({"INFRA_ADAPTERS": "memory", "EVENTS_OUTBOX": "false"}),
+                logger=RecordingLogger(),
+                telemetry=Telemetry(tracer_provider=provider),
+            ),
+        )
+        install_error_handling(app)
+        try:
+            async with app.router.lifespan_context(app):
+                assert (await _get(app, "/count")).text == "1"
+        finally:
+            join_logs_to_traces(False)
+            expose_current_context(False)
+            provider.shutdown()
+        server, query = sorted(exporter.get_finished_spans(), key=lambda s: s.name != "GET /count")
+        assert (server.name, query.name) == ("GET /count", "SELECT")
+        assert query.parent is not None
+        assert query.parent.span_id == server.context.span_id
+
+    async def test_trace_requests_with_a_telemetry_uses_its_provider(self) -> None:
+        """Pure ASGI: ``trace_requests(app, config, telemetry=...)`` records the server
+        span with that Telemetry even when OTEL_ENABLED is unset and no SDK is global."""
+        pytest.importorskip("opentelemetry.sdk")
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        from adapters.telemetry import Telemetry
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        app = trace_requests(
+            _bare, InMemoryConfig({}), telemetry=Telemetry(tracer_provider=provider)
+        )
+        assert (await _get(app, "/x")).status_code == 202
+        provider.shutdown()
+        assert [s.name for s in exporter.get_finished_spans()] == ["GET"]
 
     async def test_no_edge_when_starlettes_own_opentelemetry_middleware_is_in_the_stack(
         self, sdk_spans: Any
@@ -351,7 +418,9 @@ class TestServerSpan:
         app = Starlette(routes=[Route("/plain", plain)])
         install_error_handling(app)
         app.add_middleware(otel_middleware.OpenTelemetryMiddleware)
-        app.state.infra = SimpleNamespace(config=InMemoryConfig({"OTEL_ENABLED": "true"}))
+        from adapters.telemetry import Telemetry
+
+        app.state.infra = SimpleNamespace(telemetry=Telemetry())
         assert (await _get(app, "/plain")).status_code == 200
         (span,) = sdk_spans.get_finished_spans()
         assert span.instrumentation_scope.name != "hexinfra"
