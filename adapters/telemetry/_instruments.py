@@ -21,6 +21,12 @@ SCOPE: Final = "hexinfra"
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
+SECONDS_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Bucket boundaries advised for the duration histograms (the SDK's default ones,
+0 to 10,000, are made for milliseconds; ours are in seconds, as the conventions ask)."""
+
 
 class Telemetry:
     """A tracer and the ``hexinfra.*`` instruments, from the given providers (the global
@@ -41,6 +47,7 @@ class Telemetry:
             "hexinfra.db.query.duration",
             unit="s",
             description="Duration of database statements",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self.published = meter.create_counter(
             "hexinfra.events.published", unit="{event}", description="Events published"
@@ -58,6 +65,7 @@ class Telemetry:
             "hexinfra.events.handler.duration",
             unit="s",
             description="Duration of every handler run (one cut short by stop() too)",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self.dead_letters = meter.create_counter(
             "hexinfra.events.dead_letters",

@@ -182,9 +182,6 @@ async def run_demo(config: ConfigSource, *, reason: str = "") -> dict[str, Any]:
 Message = MutableMapping[str, Any]
 
 
-_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
 def configure_telemetry(config: ConfigSource, logger: Logger) -> ASGIApp | None:
     """Set the process's OpenTelemetry SDK providers; return the ``/metrics`` app.
 
@@ -202,7 +199,6 @@ def configure_telemetry(config: ConfigSource, logger: Logger) -> ASGIApp | None:
         from opentelemetry import metrics, trace
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from prometheus_client import CollectorRegistry, make_asgi_app
@@ -219,15 +215,7 @@ def configure_telemetry(config: ConfigSource, logger: Logger) -> ASGIApp | None:
     registry = CollectorRegistry()
     # No otel_scope_* labels on every series: the names say hexinfra_ already.
     reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
-    # The durations are in seconds: buckets from 1 ms to 10 s (the SDK's default ones
-    # are made for milliseconds).
-    seconds = View(
-        instrument_name="hexinfra.*.duration",
-        aggregation=ExplicitBucketHistogramAggregation(_SECONDS_BUCKETS),
-    )
-    metrics.set_meter_provider(
-        MeterProvider(resource=resource, metric_readers=[reader], views=[seconds])
-    )
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     trace.set_tracer_provider(TracerProvider(resource=resource))
     return make_asgi_app(registry)
 

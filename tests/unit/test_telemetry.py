@@ -136,6 +136,19 @@ class TestDatabase:
         }
         assert "secret-value" not in repr([dict(s.attributes or {}) for s in otel.spans()])
 
+    async def test_durations_are_seconds_in_seconds_buckets(
+        self, db: TracedDatabase, otel: Otel
+    ) -> None:
+        """The duration histograms advise bucket boundaries in seconds (1 ms to 10 s),
+        not the SDK's default ones made for milliseconds."""
+        from adapters.telemetry._instruments import SECONDS_BUCKETS
+
+        await db.fetch_value("SELECT 1")
+        points = otel.points("hexinfra.db.query.duration")
+        [point] = [p for p in points if p.attributes["db.operation.name"] == "SELECT"]
+        assert tuple(point.explicit_bounds) == SECONDS_BUCKETS
+        assert point.sum < 1.0
+
     async def test_transactions_and_savepoints_are_traced(
         self, db: TracedDatabase, otel: Otel
     ) -> None:
