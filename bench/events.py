@@ -64,6 +64,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import event_codec
+from adapters._delivery_policy import notify_ran
 from adapters._trace_carrier import OUTGOING, carrier_from_headers, incoming
 from adapters.memory import InMemoryConfig, InMemoryEventBus
 from adapters.nats_events import NatsConnection, NatsPublisher, NatsSubscriber
@@ -472,7 +473,8 @@ async def bench_telemetry(
 def off_path_residual() -> tuple[float, float]:
     """Nanoseconds per publish and per delivery that ADR 0031's hooks add to the bare
     adapter (telemetry off): ``OUTGOING.get()`` and ``encode(trace=None)`` per publish;
-    ``carrier_from_headers`` and ``with incoming(None)`` per delivery. Best of 7."""
+    ``carrier_from_headers``, ``with incoming(None)`` and ``notify_ran(None, "ack")``
+    (the delivery observer seam) per delivery. Best of 7."""
     event = events(1)[0]
     _, headers = event_codec.encode(event)
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -482,7 +484,7 @@ def off_path_residual() -> tuple[float, float]:
 
     def delivery() -> None:
         with incoming(carrier_from_headers(lowered)):
-            pass
+            notify_ran(None, "ack")
 
     with_hook = best_ns(lambda: event_codec.encode(event, request_id=None, trace=OUTGOING.get()))
     without = best_ns(lambda: event_codec.encode(event, request_id=None))
