@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Sequence
 from typing import Final, Literal, Protocol
 
@@ -41,6 +42,7 @@ __all__ = [
     "REASON_TIMEOUT",
     "DeliveryObserver",
     "observer_of",
+    "carried_observer",
     "notify_ran",
     "notify_dead_lettered",
 ]
@@ -142,9 +144,23 @@ def observer_of(handler: object) -> DeliveryObserver | None:
     """The observer ``handler`` carries as ``delivery_observer`` (told it is
     :meth:`~DeliveryObserver.attached`), or ``None``. A subscription calls this once,
     before its first delivery."""
-    observer: DeliveryObserver | None = getattr(handler, "delivery_observer", None)
+    observer = carried_observer(handler)
     if observer is not None:
         observer.attached()
+    return observer
+
+
+def carried_observer(handler: object) -> DeliveryObserver | None:
+    """The observer ``handler`` carries as ``delivery_observer`` (a class attribute or
+    property, or one set on the handler), or ``None``. Looked up statically first: a
+    ``unittest.mock`` handler makes up any attribute it is asked for, and must not be
+    taken for an observer (its calls would be recorded, an ``AsyncMock``'s never
+    awaited)."""
+    try:
+        inspect.getattr_static(handler, "delivery_observer")
+    except AttributeError:
+        return None
+    observer: DeliveryObserver | None = getattr(handler, "delivery_observer", None)
     return observer
 
 

@@ -8,6 +8,7 @@ from typing import Final
 
 import attrs
 
+from adapters._delivery_policy import carried_observer
 from domain_errors import ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.events import (
@@ -170,7 +171,7 @@ class FlakySubscriber:
                 raise error
             await handler(event)
 
-        observer = getattr(handler, "delivery_observer", None)
+        observer = carried_observer(handler)
         if observer is not None:
             # A traced handler's observer still hears the subscription's verdicts,
             # the injected failures included (adapters._delivery_policy).

@@ -10,7 +10,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from adapters._delivery_policy import DeliveryObserver, after_run, is_own_cancellation
+from adapters._delivery_policy import (
+    DeliveryObserver,
+    after_run,
+    carried_observer,
+    is_own_cancellation,
+)
 from adapters._trace_carrier import INCOMING, OUTGOING
 from ports.context import current_context
 from ports.events import (
@@ -286,7 +291,7 @@ class _TracedHandler:
             self._static["messaging.destination.template"] = subject
         # A handler that is itself observed (another TracedSubscriber's, a user's
         # observer) still hears every verdict.
-        self._inner_observer: DeliveryObserver | None = getattr(handler, "delivery_observer", None)
+        self._inner_observer: DeliveryObserver | None = carried_observer(handler)
         self._attached = False
 
     # --- DeliveryObserver: what the subscription decided -----------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import AsyncMock
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from adapters._delivery_policy import (
     REASON_TIMEOUT,
     after_run,
     before_run,
+    carried_observer,
     is_own_cancellation,
     notify_dead_lettered,
     notify_ran,
@@ -172,6 +174,13 @@ class TestObserver:
         notify_ran(observer, "retry")
         notify_dead_lettered(observer, "undecodable")
         assert heard == [("attached", ""), ("ran", "retry"), ("dead_lettered", "undecodable")]
+
+    def test_a_mock_handler_carries_no_observer(self) -> None:
+        """A Mock handler, which invents every attribute, is not taken for an observer."""
+        handler = AsyncMock()
+        assert observer_of(handler) is None
+        assert carried_observer(handler) is None
+        assert handler.mock_calls == []
 
     def test_a_failing_observer_never_reaches_the_subscription(self) -> None:
         """An observer that raises is ignored: metrics never break delivery."""

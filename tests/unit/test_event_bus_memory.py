@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import AsyncMock, call
 
 import pytest
 from hypothesis import given, settings
@@ -106,6 +107,23 @@ class TestInspection:
         decoded = decode_message(letter.payload, letter.headers)
         assert decoded.event == event
         assert decoded.request_id == "r-9"
+
+
+class TestMockHandlers:
+    """A ``unittest.mock`` handler sees nothing but its events."""
+
+    async def test_an_async_mock_handler_is_only_called_with_events(
+        self, bus: InMemoryEventBus
+    ) -> None:
+        """An AsyncMock handler (which invents every attribute) is awaited with the event
+        and nothing else: it is not taken for a delivery observer."""
+        handler = AsyncMock()
+        sub = await bus.subscribe("orders.>", handler, durable="m")
+        event = _event(1)
+        await bus.publish(event)
+        await bus.run_until_idle()
+        await sub.stop()
+        assert handler.mock_calls == [call(event)]
 
 
 class TestDedupeWindow:

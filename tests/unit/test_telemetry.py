@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Iterator
 from typing import Any, cast
+from unittest.mock import AsyncMock, call
 
 import pytest
 
@@ -41,7 +42,7 @@ from adapters.telemetry import (
 from domain_errors import ConfigurationError, Conflict
 from ports.database import Database, Transaction
 from ports.events import Event, Publisher, Reject, Subscriber
-from testing.fakes import FakeClock, RecordingLogger
+from testing.fakes import FakeClock, FlakySubscriber, RecordingLogger
 from tests.helpers import wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -284,6 +285,21 @@ class TestEvents:
         assert attrs["messaging.consumer.group.name"] == "d"
         values = [v for s in (send, process) for v in (s.attributes or {}).values()]
         assert 7 not in values  # never event data
+
+    async def test_a_traced_mock_handler_is_only_called_with_events(
+        self, bus: InMemoryEventBus, otel: Otel
+    ) -> None:
+        """An AsyncMock handler under TracedSubscriber and FlakySubscriber is awaited with
+        the event and nothing else, and the ack is counted once."""
+        handler = AsyncMock()
+        subscriber = TracedSubscriber(FlakySubscriber(bus), telemetry=otel.telemetry)
+        sub = await subscriber.subscribe("orders.*", handler, durable="m")
+        event = _event(1)
+        await bus.publish(event)
+        await bus.run_until_idle()
+        await sub.stop()
+        assert handler.mock_calls == [call(event)]
+        assert otel.by("hexinfra.events.handled", "hexinfra.outcome") == {"ack": 1}
 
     async def test_the_wire_carries_ce_traceparent(self, bus: InMemoryEventBus, otel: Otel) -> None:
         """The dead letter's wire form shows the headers the event travelled with."""
