@@ -95,7 +95,10 @@ def check_parameters(values: Sequence[Any], typed: Sequence[TypedPlaceholder]) -
             if ctype.kind == "bytea":
                 out[position] = _bytea_input(value)
             elif ctype.kind != "text":
-                out[position] = _read_as(value, ctype)
+                # Compared, it is read as the column's type without its typmod (no
+                # rounding to a NUMERIC's scale, no precision overflow), as PostgreSQL
+                # types the parameter ``numeric``; assigned, it is coerced to the column.
+                out[position] = _read_as(value, ctype, typmod=use == "assign")
             continue
         sent = _sent_type(value)
         if sent is None or sent in _ACCEPTS[ctype.kind]:
@@ -117,12 +120,13 @@ def check_parameters(values: Sequence[Any], typed: Sequence[TypedPlaceholder]) -
     return out
 
 
-def _read_as(value: Any, ctype: ColumnType) -> Any:
+def _read_as(value: Any, ctype: ColumnType, *, typmod: bool = True) -> Any:
     """``value`` in the stored form of ``ctype`` (PostgreSQL's data error if it is not
-    one of its values)."""
-    scale = -1 if ctype.scale is None else ctype.scale
+    one of its values); ``typmod=False``: of its type without precision and scale."""
+    scale = -1 if ctype.scale is None or not typmod else ctype.scale
+    precision = (ctype.precision or 0) if typmod else 0
     try:
-        return canonical(value, ctype.kind, ctype.precision or 0, scale)
+        return canonical(value, ctype.kind, precision, scale)
     except SqlDataError as exc:
         take_fault()
         raise exc.error from None

@@ -378,3 +378,24 @@ class TestSubset:
         for sql in ("SELECT v * 2 FROM m", "SELECT sum(v) + 1 FROM m"):
             with pytest.raises(InternalServerError, match="outside the documented subset"):
                 await db.fetch_all(sql)
+
+
+class TestParameterTyping:
+    """Parameters typed as psycopg sends them, answered as PostgreSQL answers (each
+    expectation measured on PostgreSQL 16)."""
+
+    async def test_a_string_compared_with_numeric_keeps_its_digits(self, db: SqliteDatabase):
+        """A string compared with a NUMERIC(p,s) column is a plain numeric: not rounded
+        to the column's scale, and not too large for its precision."""
+        await db.execute("CREATE TABLE money (id INTEGER, n NUMERIC(12, 2))")
+        await db.execute("INSERT INTO money VALUES (1, 1.01)")
+        assert await db.fetch_all("SELECT id FROM money WHERE n = %s", ("1.005",)) == []
+        assert await db.fetch_all("SELECT id FROM money WHERE n IN (%s)", ("1.005",)) == []
+        assert await db.fetch_all("SELECT id FROM money WHERE n = %s", ("1.010",)) == [{"id": 1}]
+        assert await db.fetch_all("SELECT id FROM money WHERE n < %s", ("1e20",)) == [{"id": 1}]
+        # Assigned, it is rounded to the column, and overflows it, as there.
+        await db.execute("UPDATE money SET n = %s", ("1.005",))
+        assert await db.fetch_value("SELECT n FROM money") == Decimal("1.01")
+        with pytest.raises(InternalServerError) as caught:
+            await db.execute("UPDATE money SET n = %s", ("1e20",))
+        assert caught.value.details["sqlstate"] == "22003"
