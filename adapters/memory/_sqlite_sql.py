@@ -1181,9 +1181,42 @@ def _typed_placeholders(
     found: dict[int, TypedPlaceholder] = {}
     for n, ctype in _assigned(sig, schema):
         found[n] = (position[n], ctype, "assign")
-    for n, ctype in _compared(sig, scope):
+    for n, ctype in _compared(sig, scope, _output_names(sig)):
         found.setdefault(n, (position[n], ctype, "compare"))
     return tuple(found[n] for n in sorted(found))
+
+
+def _output_names(sig: Sequence[Tok]) -> frozenset[str]:
+    """The names the statement gives to output columns (``expr AS name``, a CTE's
+    ``w (a, b) AS (...)``, a derived table's ``AS s (a, b)``): a bare reference to one
+    of them may be that column (of another type), not a table's."""
+    names: set[str] = set()
+
+    def listed(start: int) -> None:  # the identifiers of "(a, b, ...)" at sig[start]
+        k = start + 1
+        while k < len(sig) and sig[k].text != ")":
+            if sig[k].kind in ("id", "qid"):
+                names.add(ident(sig[k]))
+            k += 1
+
+    for n, tok in enumerate(sig):
+        if tok.up != "AS":
+            continue
+        after = sig[n + 1] if n + 1 < len(sig) else None
+        if after is not None and after.kind in ("id", "qid"):
+            names.add(ident(after))
+            if n + 2 < len(sig) and sig[n + 2].text == "(":
+                listed(n + 2)
+        if after is not None and after.text == "(" and n > 0 and sig[n - 1].text == ")":
+            depth, k = 0, n - 1
+            while k >= 0:
+                depth += (sig[k].text == ")") - (sig[k].text == "(")
+                if depth == 0:
+                    break
+                k -= 1
+            if k > 0 and sig[k - 1].kind in ("id", "qid"):
+                listed(k)
+    return frozenset(names)
 
 
 def _lone_placeholder(sig: Sequence[Tok], start: int, end: int) -> int | None:
@@ -1248,7 +1281,14 @@ def _set_list(sig: list[Tok], start: int, table: Table) -> Iterator[tuple[int, C
         at += len(part) + 1
 
 
-def _compared(sig: list[Tok], scope: _Scope) -> Iterator[tuple[int, ColumnType]]:
+def _compared(
+    sig: list[Tok], scope: _Scope, shadowed: frozenset[str]
+) -> Iterator[tuple[int, ColumnType]]:
+    def column(tokens: list[Tok]) -> ColumnType | None:
+        if len(tokens) == 1 and tokens[0].kind in ("id", "qid") and ident(tokens[0]) in shadowed:
+            return None  # maybe an output column of a CTE or subquery: type unknown
+        return scope.column(tokens)
+
     def column_ending_at(end: int) -> ColumnType | None:
         for width in (3, 1):
             start = end - width
@@ -1257,7 +1297,7 @@ def _compared(sig: list[Tok], scope: _Scope) -> Iterator[tuple[int, ColumnType]]
             before = sig[start - 1] if start > 0 else None
             if before is not None and (before.text in _BINDS_TIGHTER or before.up == "NOT"):
                 continue
-            ctype = scope.column(sig[start:end])
+            ctype = column(sig[start:end])
             if ctype is not None:
                 return ctype
         return None
@@ -1268,7 +1308,7 @@ def _compared(sig: list[Tok], scope: _Scope) -> Iterator[tuple[int, ColumnType]]
             after = sig[end] if end < len(sig) else None
             if after is not None and after.text in _BINDS_TIGHTER:
                 continue
-            ctype = scope.column(sig[start:end])
+            ctype = column(sig[start:end])
             if ctype is not None:
                 return ctype
         return None

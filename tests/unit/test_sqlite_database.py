@@ -399,3 +399,31 @@ class TestParameterTyping:
         with pytest.raises(InternalServerError) as caught:
             await db.execute("UPDATE money SET n = %s", ("1e20",))
         assert caught.value.details["sqlstate"] == "22003"
+
+    async def test_an_output_column_named_like_a_table_column_is_not_typed(
+        self, db: SqliteDatabase
+    ):
+        """A CTE's or a subquery's output column that shares a table column's name has
+        its own type: a parameter compared with it is not judged by the table's."""
+        await db.execute("CREATE TABLE c (id UUID, name TEXT, qty INTEGER)")
+        await db.execute(
+            "INSERT INTO c VALUES ('00000000-0000-0000-0000-000000000001', 'n', 3)",
+        )
+        rows = await db.fetch_all(
+            "WITH w AS (SELECT id, sum(qty) AS name FROM c GROUP BY id) "
+            "SELECT name FROM w WHERE name = %s",
+            (3,),
+        )
+        assert rows == [{"name": 3}]
+        rows = await db.fetch_all(
+            "SELECT u FROM (SELECT qty::text AS id, name AS u FROM c) s WHERE id = %s", ("3",)
+        )
+        assert rows == [{"u": "n"}]
+        rows = await db.fetch_all(
+            "WITH w (qty) AS (SELECT name FROM c) SELECT qty FROM w WHERE qty = %s", ("n",)
+        )
+        assert rows == [{"qty": "n"}]
+        # A table's column is still typed.
+        with pytest.raises(InternalServerError) as caught:
+            await db.fetch_all("SELECT name FROM c WHERE qty = %s", ("n",))
+        assert caught.value.details["sqlstate"] == "22P02"
