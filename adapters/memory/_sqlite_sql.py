@@ -881,6 +881,17 @@ def _integer_arithmetic(sig: list[Tok], scope: _Scope) -> Kind | None:
     return "int8" if "int8" in kinds else "int4" if kinds else None
 
 
+def _numeric_cast_operand(sig: list[Tok]) -> bool:
+    """Whether ``sig`` is arithmetic with a ``::numeric`` cast in it (PostgreSQL's
+    result is then numeric)."""
+    if not _top_level_arithmetic(sig):
+        return False
+    for n, tok in enumerate(sig):
+        if tok.text == "::" and n + 1 < len(sig) and parse_type(sig, n + 1)[0].kind == "numeric":
+            return True
+    return False
+
+
 def _strip_parens(sig: list[Tok]) -> list[Tok]:
     while len(sig) >= 2 and sig[0].text == "(" and _match_paren(sig, 0) == len(sig) - 1:
         sig = sig[1:-1]
@@ -1018,6 +1029,8 @@ def _item(  # noqa: PLR0912, PLR0915 - one branch per kind of select item
     else:
         kind = _integer_arithmetic(inner, scope)
         hint = None if kind is None else f"HX{kind.upper()}"
+        if hint is None and _numeric_cast_operand(inner):
+            hint = _HINT_OF_KIND["numeric"]  # anything op numeric is numeric
     if name is None:
         name = "?column?"
     if hint is None and not _is_boolean(inner):

@@ -381,8 +381,8 @@ class TestSubset:
 
 
 class TestParameterTyping:
-    """Parameters typed as psycopg sends them, answered as PostgreSQL answers (each
-    expectation measured on PostgreSQL 16)."""
+    """Parameters typed as psycopg sends them, and expression results typed, as
+    PostgreSQL answers (each expectation measured on PostgreSQL 16)."""
 
     async def test_a_string_compared_with_numeric_keeps_its_digits(self, db: SqliteDatabase):
         """A string compared with a NUMERIC(p,s) column is a plain numeric: not rounded
@@ -427,3 +427,13 @@ class TestParameterTyping:
         with pytest.raises(InternalServerError) as caught:
             await db.fetch_all("SELECT name FROM c WHERE qty = %s", ("n",))
         assert caught.value.details["sqlstate"] == "22P02"
+
+    async def test_arithmetic_on_a_numeric_cast_is_numeric(self, db: SqliteDatabase):
+        """An integer cast to NUMERIC inside arithmetic gives a Decimal, as PostgreSQL
+        does (not SQLite's int or float), named ?column?."""
+        await db.execute("INSERT INTO t (id) VALUES (1)")
+        row = await db.fetch_one("SELECT id::numeric * 2, 1 + id::numeric(10,2) AS n FROM t")
+        assert row is not None
+        assert list(row) == ["?column?", "n"]
+        assert all(isinstance(v, Decimal) for v in row.values())
+        assert row == {"?column?": Decimal("2"), "n": Decimal("2")}
