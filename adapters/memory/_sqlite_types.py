@@ -298,6 +298,23 @@ def _json_text(value: Any) -> str:
     return _json_dump(parsed)
 
 
+def _json_value(text: str) -> str:
+    """The key jsonb compares by: its normal form with every number at its value
+    (``1``, ``1.0`` and ``1e0`` are equal in jsonb, though it prints them apart)."""
+    parsed = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_json_reject)
+    return _json_dump(_by_value(parsed))
+
+
+def _by_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    if isinstance(value, Decimal):
+        return value.normalize() if value != 0 else Decimal(0)
+    return value
+
+
 def _json_dump(value: Any) -> str:
     """jsonb's normal form: keys by length then text, last duplicate wins, PG spacing."""
     if isinstance(value, dict):
@@ -484,7 +501,7 @@ def install(conn: sqlite3.Connection) -> None:
     conn.create_collation("hx_numeric", _collation(lambda t: Decimal(t.strip())))
     conn.create_collation("hx_timestamptz", _collation(parse_timestamptz))
     conn.create_collation("hx_uuid", _collation(_uuid))
-    conn.create_collation("hx_jsonb", _collation(_json_text))
+    conn.create_collation("hx_jsonb", _collation(_json_value))
     conn.create_function("hx_check", 4, _check, deterministic=True)
     conn.create_function("hx_canon", 4, canonical, deterministic=True)
     conn.create_function("hx_cast", 4, _cast, deterministic=True)

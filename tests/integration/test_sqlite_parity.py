@@ -200,6 +200,10 @@ def test_integer_arithmetic_answers_or_overflows_alike(pair: _Pair, expression: 
         ('{"a": 1}', '{"a": 2}'),
         ('[1, "x", null]', '[1,"x",null]'),
         ('"text"', '"text"'),
+        ('{"a": 1}', '{"a": 1.0}'),
+        ("[1.50, 0]", "[1.5, -0.0]"),
+        ("100", "1e2"),
+        ('{"a": 1}', '{"a": 1.1}'),
     ],
 )
 def test_jsonb_equality_compares_values_alike(pair: _Pair, stored: str, compared: str) -> None:

@@ -437,3 +437,16 @@ class TestParameterTyping:
         assert list(row) == ["?column?", "n"]
         assert all(isinstance(v, Decimal) for v in row.values())
         assert row == {"?column?": Decimal("2"), "n": Decimal("2")}
+
+    async def test_jsonb_numbers_compare_by_value(self, db: SqliteDatabase):
+        """jsonb compares numbers by value: 1, 1.0 and 1e0 are equal (parameter, literal
+        or row), while each keeps the form it was written in."""
+        await db.execute("CREATE TABLE docs (id INTEGER, j JSONB)")
+        await db.execute("INSERT INTO docs VALUES (1, %s), (2, %s)", ('{"a": 1}', "[1.50, 0]"))
+        for compared in ('{"a": 1.0}', '{"a": 1e0}', '{"a": 1.000}'):
+            rows = await db.fetch_all("SELECT id FROM docs WHERE j = %s", (compared,))
+            assert rows == [{"id": 1}]
+        rows = await db.fetch_all("SELECT id FROM docs WHERE j = '[1.5, -0.0]'")
+        assert rows == [{"id": 2}]
+        assert await db.fetch_all("SELECT id FROM docs WHERE j = %s", ('{"a": 1.1}',)) == []
+        assert await db.fetch_value("SELECT j FROM docs WHERE id = 2") == [1.5, 0]
