@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal
 
@@ -31,7 +31,7 @@ from ._sqlite_types import (
     unsupported,
 )
 
-__all__ = ["Use", "TypedPlaceholder", "check_parameters"]
+__all__ = ["Use", "TypedPlaceholder", "check_parameters", "as_text"]
 
 Use = Literal["assign", "compare"]
 TypedPlaceholder = tuple[int, ColumnType, Use]
@@ -110,6 +110,7 @@ def check_parameters(values: Sequence[Any], typed: Sequence[TypedPlaceholder]) -
                 out[position] = _read_as(bound, ctype)
             continue
         if use == "assign" and ctype.kind == "text":
+            out[position] = as_text(value)  # its type's output function, as PostgreSQL
             continue
         theirs = _NAMES.get(sent, sent)
         if use == "assign":
@@ -153,3 +154,50 @@ def _bytea_input(text: str) -> bytes:
     if "\\" in text:
         raise unsupported("bytea escape format input")
     return text.encode()
+
+
+def as_text(value: Any) -> Any:
+    """``value`` as PostgreSQL writes it to a TEXT column (the output function of the
+    type psycopg sends it as; the session time zone is UTC, as the fake assumes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _float8_text(value)
+    if isinstance(value, Decimal):
+        if value.is_nan():
+            return "NaN"
+        text = format(value, "f")
+        return text.lstrip("-") if value == 0 else text
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return _timestamp_text(value.astimezone(UTC)) + "+00"
+        return _timestamp_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    return value
+
+
+def _timestamp_text(value: datetime) -> str:
+    text = f"{value.year:04d}-{value:%m-%d %H:%M:%S}"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text
+
+
+def _float8_text(value: float) -> str:
+    """float8's output: the shortest exact digits, in exponent form below 1e-4 and
+    from 1e15 (``1e+16``, ``1.5e-05``), ``NaN``, ``Infinity``."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    shortest = Decimal(repr(value))
+    digits = "".join(map(str, shortest.as_tuple().digits)).rstrip("0") or "0"
+    exponent = shortest.adjusted()
+    sign = "-" if value < 0 else ""
+    if exponent < -4 or exponent >= 15:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    return sign + format(abs(shortest).normalize(), "f")

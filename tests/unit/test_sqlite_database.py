@@ -450,3 +450,49 @@ class TestParameterTyping:
         assert rows == [{"id": 2}]
         assert await db.fetch_all("SELECT id FROM docs WHERE j = %s", ('{"a": 1.1}',)) == []
         assert await db.fetch_value("SELECT j FROM docs WHERE id = 2") == [1.5, 0]
+
+    async def test_values_assigned_to_text_are_written_as_postgresql_writes_them(
+        self, db: SqliteDatabase
+    ):
+        """A bool, float, Decimal, datetime or bytes parameter written to a TEXT column
+        is stored as its type's output (a UTC session), not as SQLite's form of it."""
+        values = (
+            True,
+            False,
+            float("nan"),
+            float("inf"),
+            1e16,
+            100.0,
+            0.00001,
+            Decimal("1E+2"),
+            Decimal("1E-7"),
+            Decimal("-0.00"),
+            datetime(2024, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
+            datetime(999, 1, 1, tzinfo=UTC),
+            datetime(2024, 1, 1, 3, 4, 5),
+            b"xy",
+            b"",
+        )
+        await db.execute("CREATE TABLE notes (id INTEGER, name TEXT)")
+        for n, value in enumerate(values):
+            await db.execute("INSERT INTO notes (id, name) VALUES (%s, %s)", (n, value))
+        rows = await db.fetch_all("SELECT name FROM notes ORDER BY id")
+        assert [r["name"] for r in rows] == [
+            "true",
+            "false",
+            "NaN",
+            "Infinity",
+            "1e+16",
+            "100",
+            "1e-05",
+            "100",
+            "0.0000001",
+            "0.00",
+            "2024-01-01 00:00:00.5+00",
+            "0999-01-01 00:00:00+00",
+            "2024-01-01 03:04:05",
+            "\\x7879",
+            "\\x",
+        ]
+        await db.execute("UPDATE notes SET name = %s WHERE id = 0", (False,))
+        assert await db.fetch_value("SELECT name FROM notes WHERE id = 0") == "false"
