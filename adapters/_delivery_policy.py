@@ -146,7 +146,10 @@ def observer_of(handler: object) -> DeliveryObserver | None:
     before its first delivery."""
     observer = carried_observer(handler)
     if observer is not None:
-        observer.attached()
+        try:
+            observer.attached()
+        except Exception:  # metrics never break delivery: it counts for itself
+            return None
     return observer
 
 

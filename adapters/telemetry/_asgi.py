@@ -57,13 +57,19 @@ class TracedASGIMiddleware:
         if scope["type"] != "http" or _server_span_open():
             await self.app(scope, receive, send)
             return
-        method = str(scope.get("method", "GET")).upper()
+        sent = str(scope.get("method", "GET"))
+        method = sent if sent in _KNOWN_METHODS else "_OTHER"
         parent = _PROPAGATOR.extract(_carrier(scope), context=otel_context.Context())
         attributes = {
             "http.request.method": method,
             "url.path": scope.get("path", ""),
             "url.scheme": scope.get("scheme", "http"),
         }
+        if method == "_OTHER":
+            # A client's made-up method never becomes a span name (their number is
+            # unbounded); the conventions keep it beside, cut short.
+            attributes["http.request.method_original"] = sent[:32]
+            method = "HTTP"
         status: list[int] = []
 
         async def send_status(message: Message) -> None:
@@ -94,6 +100,11 @@ class TracedASGIMiddleware:
                     span.set_attribute("http.response.status_code", status[0])
                     if status[0] >= 500:
                         span.set_status(Status(StatusCode.ERROR))
+
+
+_KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 
 
 def _server_span_open() -> bool:

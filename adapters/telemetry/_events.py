@@ -15,6 +15,8 @@ from adapters._delivery_policy import (
     after_run,
     carried_observer,
     is_own_cancellation,
+    notify_dead_lettered,
+    notify_ran,
 )
 from adapters._trace_carrier import INCOMING, OUTGOING
 from ports.context import current_context
@@ -370,11 +372,11 @@ class _TracedHandler:
                 span.set_attribute("hexinfra.outcome", verdict.action)
                 tel.handler_duration.record(time.perf_counter() - start, self._labels)
                 if not self._attached:
-                    self.ran(verdict.action)
+                    notify_ran(self, verdict.action)
                     if verdict.action == "dead_letter":
-                        self.dead_lettered(verdict.reason)
+                        notify_dead_lettered(self, verdict.reason)
                 raise
             span.set_attribute("hexinfra.outcome", "ack")
             tel.handler_duration.record(time.perf_counter() - start, self._labels)
             if not self._attached:
-                self.ran("ack")
+                notify_ran(self, "ack")  # an instrument's failure never fails the run

@@ -197,3 +197,22 @@ class TestObserver:
 
         notify_ran(Broken(), "ack")
         notify_dead_lettered(Broken(), "rejected")
+
+    def test_an_observer_that_fails_to_attach_is_not_taken(self) -> None:
+        """An observer whose ``attached`` raises is not used (it keeps counting for
+        itself) and the error never reaches the subscription."""
+
+        class Broken:
+            def attached(self) -> None:
+                raise RuntimeError("broken meter")
+
+            def ran(self, action: str) -> None:
+                pass
+
+            def dead_lettered(self, reason: str) -> None:
+                pass
+
+        class Handler:
+            delivery_observer = Broken()
+
+        assert observer_of(Handler()) is None

@@ -669,6 +669,28 @@ class TestCodec:
 
 
 class TestHttpEdge:
+    async def test_a_made_up_method_never_names_the_span(self, otel: Otel) -> None:
+        """A method outside HTTP's own is ``_OTHER`` and the span is named ``HTTP``
+        (span names stay bounded whatever a client sends); the original is kept, cut."""
+        import httpx
+
+        from adapters.telemetry import TracedASGIMiddleware
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 405, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        traced = TracedASGIMiddleware(app, telemetry=otel.telemetry)
+        transport = httpx.ASGITransport(app=traced)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.request("X" * 100, "/")
+            await client.get("/")
+        made_up, get = otel.spans()
+        assert (made_up.name, get.name) == ("HTTP", "GET")
+        assert made_up.attributes is not None
+        assert made_up.attributes["http.request.method"] == "_OTHER"
+        assert made_up.attributes["http.request.method_original"] == "X" * 32
+
     async def test_server_span_continues_the_callers_trace(self, otel: Otel) -> None:
         import httpx
         from starlette.applications import Starlette
