@@ -873,7 +873,10 @@ def _integer_arithmetic(sig: list[Tok], scope: _Scope) -> Kind | None:
         if column is not None and column.kind in ("int4", "int8"):
             kinds.add(column.kind)
         elif len(inner) == 1 and inner[0].kind == "num" and inner[0].text.isdigit():
-            kinds.add("int4" if int(inner[0].text) < 2**31 else "int8")
+            value = int(inner[0].text)
+            if value >= 2**63:  # PostgreSQL: numeric; SQLite: a float
+                raise unsupported("arithmetic on an integer literal past BIGINT")
+            kinds.add("int4" if value < 2**31 else "int8")
         elif len(inner) < len(operand) and (nested := _integer_arithmetic(inner, scope)):
             kinds.add(nested)
         else:
