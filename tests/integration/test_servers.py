@@ -77,11 +77,19 @@ class TestRestart:
         assert not ns.running
 
     async def test_cluster_acks_with_one_node_down(self) -> None:
-        """A 3-node cluster with R3 stream still acks a publish after a node is killed."""
+        """A 3-node cluster with R3 stream still acks a publish after a node is killed
+        (a follower: the leader's failover is tests/reliability/test_events_faults.py)."""
         with nats_cluster(3) as cluster:
             assert await publish_acked(cluster.urls, "CLUSTERED", replicas=3) == 1
-            cluster.nodes[0].kill()
-            survivors = cluster.urls[1:]
+            nc = await nats.connect(servers=cluster.urls, connect_timeout=2)
+            try:
+                info = await nc.jetstream().stream_info("CLUSTERED")
+            finally:
+                await nc.close()
+            leader = info.cluster.leader if info.cluster is not None else None
+            victim = next(n for n in cluster.nodes if n.server_name != leader)
+            victim.kill()
+            survivors = [n.url for n in cluster.nodes if n is not victim]
             deadline = time.monotonic() + 15
             while True:
                 try:
