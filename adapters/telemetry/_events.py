@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, Final, Literal
@@ -148,6 +149,12 @@ class TracedPublisher:
 
     def __repr__(self) -> str:
         return f"TracedPublisher({self._inner!r})"
+
+
+def _cut_off() -> bool:
+    """Whether this task is being cancelled (a handler returned from under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _failed(span: trace.Span, exc: BaseException) -> None:
@@ -376,7 +383,13 @@ class _TracedHandler:
                     if verdict.action == "dead_letter":
                         notify_dead_lettered(self, verdict.reason)
                 raise
-            span.set_attribute("hexinfra.outcome", "ack")
             tel.handler_duration.record(time.perf_counter() - start, self._labels)
+            if _cut_off():
+                # It swallowed the cancellation of its handler_timeout (or stop()):
+                # the subscription judges that run, not as an ack.
+                span.set_attribute("error.type", "TimeoutError")
+                span.set_status(Status(StatusCode.ERROR, "cut off"))
+                return
+            span.set_attribute("hexinfra.outcome", "ack")
             if not self._attached:
                 notify_ran(self, "ack")  # an instrument's failure never fails the run

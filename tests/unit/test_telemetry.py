@@ -455,8 +455,9 @@ class TestEvents:
         await subscriber.subscribe(
             "orders.placed", handler, durable="d", max_deliver=2, backoff=(1.0,), handler_timeout=5
         )
-        for n in range(4):
-            await bus.publish(_event(n))
+        events = [_event(n) for n in range(4)]
+        for event in events:
+            await bus.publish(event)
         for _ in range(3):
             await bus.run_until_idle(settle=0.01)
             clock.advance(5.0)
@@ -477,6 +478,16 @@ class TestEvents:
             "rejected": 1,
         }
         assert sum(p.count for p in otel.points("hexinfra.events.handler.duration")) == 6
+        swallowed = [
+            s
+            for s in otel.spans()
+            if s.attributes is not None and s.attributes["messaging.message.id"] == events[1].id
+        ]
+        assert len(swallowed) == 2  # both runs of the swallowing handler
+        for span in swallowed:  # never claimed as an ack by its span
+            assert span.attributes is not None
+            assert "hexinfra.outcome" not in span.attributes
+            assert span.status.status_code is StatusCode.ERROR
 
     async def test_a_run_cut_short_by_stop_is_not_counted(self, otel: Otel) -> None:
         """stop() cancelling a handler: taken back (no outcome), its duration recorded;
