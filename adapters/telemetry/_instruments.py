@@ -28,6 +28,13 @@ SECONDS_BUCKETS: Final = (
 0 to 10,000, are made for milliseconds; ours are in seconds, as the conventions ask)."""
 
 
+class _Global:
+    """The key of gauges made on the global meter provider."""
+
+
+_GLOBAL: Final = _Global()
+
+
 class Telemetry:
     """A tracer and the ``hexinfra.*`` instruments, from the given providers (the global
     ones when ``None``)."""
@@ -41,6 +48,9 @@ class Telemetry:
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         self.meter_provider = provider
+        # The global provider is one key, whether it was the API's proxy (which hands
+        # its instruments on to the SDK's once set) or the SDK's when this was built.
+        self._gauges_key: Any = provider if meter_provider is not None else _GLOBAL
         meter = provider.get_meter(SCOPE)
         self.meter = meter
         self.query_duration = meter.create_histogram(
@@ -81,7 +91,7 @@ class Telemetry:
         first use): every wrapper over the same provider adds its source to it, so a
         gauge is registered once however many wrappers report into it."""
         return SharedGauge.of(
-            self.meter_provider,
+            self._gauges_key,
             self.meter,
             name,
             unit=unit,

@@ -635,6 +635,52 @@ class TestLogs:
         assert {k: second.context[k] for k in ids} == ids
 
 
+_GAUGE_ACROSS_SET_PROVIDER = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from adapters.telemetry import Telemetry
+
+class Source:
+    def __init__(self, v):
+        self.v = v
+
+before = Telemetry()  # on the API's proxy provider
+a = before.shared_gauge("hexinfra.test.gauge", unit="1", description="t", combine="sum")
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+after = Telemetry()  # on the SDK's
+b = after.shared_gauge("hexinfra.test.gauge", unit="1", description="t", combine="sum")
+one, two = Source(1), Source(2)
+a.add(one, lambda s: [(s.v, {})])
+b.add(two, lambda s: [(s.v, {})])
+data = reader.get_metrics_data()
+print(sum(
+    p.value
+    for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    if m.name == "hexinfra.test.gauge" for p in m.data.data_points
+))
+"""
+
+
+class TestGlobalProvider:
+    def test_gauges_made_before_and_after_the_sdk_is_set_are_one(self) -> None:
+        """A wrapper built on the global provider before the SDK was set and one built
+        after report into one gauge (a second gauge of the name would be dropped)."""
+        import subprocess
+        import sys
+
+        ran = subprocess.run(
+            [sys.executable, "-c", _GAUGE_ACROSS_SET_PROVIDER],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.strip() == "3"
+
+
 class TestSwitch:
     def test_explicit_values(self) -> None:
         assert telemetry_wanted("false") is False
