@@ -38,7 +38,7 @@ from adapters._event_rules import (
     subject_pattern,
     wire_size,
 )
-from adapters._trace_carrier import OUTGOING, Carrier, incoming
+from adapters._trace_carrier import INCOMING, OUTGOING, Carrier, incoming
 from domain_errors import BadRequest, Conflict, ServiceUnavailable
 from ports.clock import Clock, SystemClock
 from ports.config import ConfigSource
@@ -89,19 +89,13 @@ _BYTES_PER_CHAR: Final = 12
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+_incoming_now = INCOMING.get
 _new = object.__new__
 _FIELDS: Final = ("type", "source", "organization_id", "data", "id", "timestamp")
 _TRUSTED: Final = tuple(f.name for f in attrs.fields(Event)) == _FIELDS
 # Event's slots, written directly: a frozen class refuses setattr, and this is the
 # cheapest way to build the per-delivery copy.
 _SLOTS: Final = tuple(getattr(Event, name).__set__ for name in _FIELDS) if _TRUSTED else ()
-
-
-def _header_bound(event: Event, rid: str | None) -> int:
-    chars = 2 * len(event.id) + len(event.type) + len(event.source) + len(event.organization_id)
-    if rid is not None:
-        chars += len(rid)
-    return _FIXED_HEADERS + _BYTES_PER_CHAR * chars
 
 
 def _json_copy(value: Any) -> Any:
@@ -151,19 +145,6 @@ class _Durable:
         if hit is None:
             hit = self._matches[subject] = self.pattern.match(subject) is not None
         return hit
-
-    def take(self) -> int:
-        """The index of the next message to deliver, or -1."""
-        if self.redeliver:
-            return self.redeliver.popleft()
-        subjects = self.bus._subjects
-        end = len(subjects)
-        while self.cursor < end:
-            index = self.cursor
-            self.cursor += 1
-            if self.matches(subjects[index]):
-                return index
-        return -1
 
     def has_deliverable(self) -> bool:
         if not self.members:
@@ -267,31 +248,106 @@ class InMemorySubscription:
             subject=self._durable.subject,
         )
 
-    async def _work(self) -> None:
+    async def _work(self) -> None:  # noqa: PLR0912, PLR0915 - the delivery loop, written out
+        # The hot loop of delivery, its steps written out (no Python call per step):
+        # take the next index (a redelivery first, else the next matching subject in
+        # the log), copy the event, run the handler in the event's own context.
         bus = self._bus
         durable = self._durable
         attempts = durable.attempts
+        redeliver = durable.redeliver
+        matched = durable._matches
+        matches = durable.matches
+        subjects = bus._subjects
+        events = bus._events
+        rids = bus._rids
+        bodies = bus._bodies
+        traces = bus._traces
         handler = self._handler
         timeout = self._handler_timeout
+        max_deliver = self._max_deliver
+        trusted = bool(_SLOTS)
+        set_type, set_source, set_organization_id, set_data, set_id, set_timestamp = (
+            _SLOTS or (None,) * 6
+        )
         since_yield = 0
         while not self._stopping:
-            index = durable.take()
-            if index < 0:
-                durable.has_work.clear()
-                await durable.has_work.wait()
-                since_yield = 0
-                continue
-            attempt = attempts.get(index, 0) + 1
+            if redeliver:
+                index = redeliver.popleft()
+            else:
+                index = -1
+                cursor = durable.cursor
+                end = len(subjects)
+                while cursor < end:
+                    subject = subjects[cursor]
+                    cursor += 1
+                    hit = matched.get(subject)
+                    if hit is None:
+                        hit = matches(subject)
+                    if hit:
+                        index = cursor - 1
+                        break
+                durable.cursor = cursor
+                if index < 0:
+                    durable.has_work.clear()
+                    await durable.has_work.wait()
+                    since_yield = 0
+                    continue
+            attempt = attempts.get(index, 0) + 1 if attempts else 1
             durable.inflight += 1
             bus._progress += 1
             try:
-                prepared = self._prepare(index, attempt)
-                if prepared is None:
-                    continue
-                stored, event, rid = prepared
+                stored = events[index]
+                if stored is None:
+                    prepared = self._prepare_raw(index, attempt)
+                    if prepared is None:
+                        continue
+                    stored, rid = prepared
+                    event = stored  # decoded afresh for this delivery
+                else:
+                    rid = rids[index]
+                    body = bodies[index]
+                    data = _json_copy(stored.data) if body is None else _loads(body)
+                    if trusted:  # _with_data(stored, data), written out
+                        event = _new(Event)
+                        set_type(event, stored.type)
+                        set_source(event, stored.source)
+                        set_organization_id(event, stored.organization_id)
+                        set_data(event, data)
+                        set_id(event, stored.id)
+                        set_timestamp(event, stored.timestamp)
+                    else:
+                        event = _with_data(stored, data)
+                    verdict = before_run(attempt, max_deliver)
+                    if verdict is not None:
+                        self._dead(index, stored, verdict.reason, attempt - 1, verdict.error)
+                        continue
                 failure: BaseException | None = None
                 timed_out = False
-                with _handler_context(event, rid, attempt), incoming(bus._traces.get(index)):
+                # The handler's context: what the event carries, and the attempt.
+                if rid is None:
+                    context = bind_context(
+                        event_id=event.id,
+                        event_type=event.type,
+                        organization_id=event.organization_id,
+                        attempt=attempt,
+                    )
+                else:
+                    context = bind_context(
+                        request_id=rid,
+                        event_id=event.id,
+                        event_type=event.type,
+                        organization_id=event.organization_id,
+                        attempt=attempt,
+                    )
+                with context:
+                    # incoming(carrier), skipped when it would change nothing: no
+                    # carrier, and none set in this worker's context.
+                    carrier = traces.get(index) if traces else None
+                    trace = None
+                    if carrier is not None or _incoming_now() is not None:
+                        trace = incoming(carrier)
+                        trace.__enter__()
                     try:
                         if timeout is None:
                             await handler(event)
@@ -301,6 +357,9 @@ class InMemorySubscription:
                         if is_own_cancellation(exc):
                             raise
                         failure = exc
+                    finally:
+                        if trace is not None:
+                            trace.__exit__(None, None, None)
                 if failure is not None:
                     with bind_context(request_id=rid):  # retry / dead-letter lines too
                         self._failed(index, stored, attempt, failure, timed_out)
@@ -310,7 +369,7 @@ class InMemorySubscription:
                 # Cancelled mid-event (stop timed out, or the loop is going down): the
                 # event goes back to the durable at once, and, as after a crash, the
                 # run uses up no attempt (only failures are recorded).
-                durable.redeliver.appendleft(index)
+                redeliver.appendleft(index)
                 durable.has_work.set()
                 raise
             finally:
@@ -328,28 +387,21 @@ class InMemorySubscription:
         if attempt > 1:
             del self._durable.attempts[index]
 
-    def _prepare(self, index: int, attempt: int) -> tuple[Event, Event, str | None] | None:
-        """The stored event, the delivery's own copy of it and the request id; or
-        ``None`` when the message was dead-lettered instead of run."""
+    def _prepare_raw(self, index: int, attempt: int) -> tuple[Event, str | None] | None:
+        """A raw message decoded afresh for this delivery and its request id; or
+        ``None`` when it was dead-lettered instead of run."""
         bus = self._bus
-        stored = bus._events[index]
-        rid = bus._rids[index]
-        if stored is None:
-            decoded = self._decode(index, attempt)
-            if decoded is None:
-                return None
-            stored, rid = decoded.event, decoded.request_id
-            if decoded.trace is not None:
-                bus._traces[index] = decoded.trace
-            event = stored  # decoded afresh for this delivery
-        else:
-            body = bus._bodies[index]
-            event = _with_data(stored, _json_copy(stored.data) if body is None else _loads(body))
+        decoded = self._decode(index, attempt)
+        if decoded is None:
+            return None
+        event, rid = decoded.event, decoded.request_id
+        if decoded.trace is not None:
+            bus._traces[index] = decoded.trace
         verdict = before_run(attempt, self._max_deliver)
         if verdict is not None:
-            self._dead(index, stored, verdict.reason, attempt - 1, verdict.error)
+            self._dead(index, event, verdict.reason, attempt - 1, verdict.error)
             return None
-        return stored, event, rid
+        return event, rid
 
     async def _run_limited(self, event: Event, timeout: float) -> tuple[BaseException | None, bool]:
         """Run the handler against ``timeout`` seconds of the bus clock (so that a
@@ -467,24 +519,6 @@ class InMemorySubscription:
         notify_dead_lettered(self._observer, reason)
 
 
-def _handler_context(event: Event, rid: str | None, attempt: int) -> bind_context:
-    """The handler's context: what the event carries, and the attempt; nothing else."""
-    if rid is None:
-        return bind_context(
-            event_id=event.id,
-            event_type=event.type,
-            organization_id=event.organization_id,
-            attempt=attempt,
-        )
-    return bind_context(
-        request_id=rid,
-        event_id=event.id,
-        event_type=event.type,
-        organization_id=event.organization_id,
-        attempt=attempt,
-    )
-
-
 async def _guarded(handler: Handler, event: Event) -> BaseException | None:
     """Run ``handler``; what it raised (its own cancellation included), or ``None``.
     Only the cancellation of this task (the timeout) propagates."""
@@ -573,9 +607,13 @@ class InMemoryEventBus:
         # every delivery reads its own copy of ``data`` from it.
         self._bodies: list[bytes | None] = []
         self._raw: dict[int, tuple[bytes, dict[str, str], datetime]] = {}
-        self._ids: dict[str, tuple[int, float]] = {}
-        self._id_expiry: deque[tuple[float, str]] = deque()
+        # Dedupe: id -> sequence; and when each id expires, oldest first, as two
+        # parallel queues (no tuple per publish for the garbage collector to count).
+        self._ids: dict[str, int] = {}
+        self._expiry_at: deque[float] = deque()
+        self._expiry_ids: deque[str] = deque()
         self._durables: dict[str, _Durable] = {}
+        self._durable_list: list[_Durable] = []  # the values of _durables, in order
         self._subscriptions: list[InMemorySubscription] = []
         self._timers: set[asyncio.Task[None]] = set()
         self._progress = 0
@@ -644,27 +682,88 @@ class InMemoryEventBus:
         ``BadRequest`` for an invalid subject or an event over ``max_payload``."""
         rid = request_id()
         subject, body = self._check(event, subject, rid)
-        return self._append(subject, event, rid, event.id, body)
+        return self._append(subject, event, rid, event.id, body, trace=OUTGOING.get())
 
-    async def publish_many(
+    async def publish_many(  # noqa: PLR0912, PLR0915 - check and store, written out
         self, events: Sequence[Event], *, subject: str | None = None
     ) -> list[PublishAck]:
         """Publish each event in order; the acks in the same order. Every event is
         checked first: if one is invalid, none is stored."""
+        # _check then _append for each event, written out (the hot path of a batch):
+        # every event is checked before any is stored.
         rid = request_id()
         batch = events if isinstance(events, list | tuple) else list(events)
-        check = self._check
+        max_payload = self._max_payload
+        rid_chars = 0 if rid is None else len(rid)
         subjects: list[str] = []
         bodies: list[bytes | None] = []
         for event in batch:
-            subject_, body = check(event, subject, rid)
+            if not isinstance(event, Event):
+                raise TypeError("publish takes an Event")
+            subject_ = check_publish_subject(event.type if subject is None else subject)
+            try:
+                body: bytes | None = _dumps(event.data)
+            except TypeError:  # integers beyond 64 bits, lone surrogates: the codec's way
+                body = None
+            size = len(event_codec.encode_data(event.data) if body is None else body)
+            chars = 2 * len(event.id) + len(event.type) + len(event.source)
+            chars += len(event.organization_id) + rid_chars
+            if size + _FIXED_HEADERS + _BYTES_PER_CHAR * chars > max_payload:
+                wire_body, headers = event_codec.encode(event, request_id=rid)
+                check_wire_size(subject_, wire_body, headers, max_payload)
             subjects.append(subject_)
             bodies.append(body)
-        append = self._append
-        return [
-            append(subject_, event, rid, event.id, body)
-            for event, subject_, body in zip(batch, subjects, bodies, strict=True)
-        ]
+        if not batch:
+            return []
+        if self._closed:
+            raise ServiceUnavailable("event bus is closed")
+        # Nothing else runs until this returns: the trace context is the same for the
+        # whole batch, and the durables are woken once per subject stored, in the
+        # order the first event of each would have woken them.
+        trace = OUTGOING.get()
+        stream = self._stream
+        window = self._window
+        monotonic = self._clock.monotonic
+        ids = self._ids
+        expiry_at = self._expiry_at
+        expiry_ids = self._expiry_ids
+        log = self._subjects
+        stored_events = self._events
+        stored_rids = self._rids
+        stored_bodies = self._bodies
+        traces = self._traces
+        published = self.published
+        first = len(log)
+        acks: list[PublishAck] = []
+        try:
+            for event, subject_, body in zip(batch, subjects, bodies, strict=True):
+                msg_id = event.id
+                if msg_id is not None and window > 0:
+                    now = monotonic()
+                    while expiry_at and expiry_at[0] <= now:
+                        expiry_at.popleft()
+                        del ids[expiry_ids.popleft()]
+                    seen = ids.get(msg_id)
+                    if seen is not None:
+                        acks.append(PublishAck(stream, seen, True))
+                        continue
+                    ids[msg_id] = len(log) + 1
+                    expiry_at.append(now + window)
+                    expiry_ids.append(msg_id)
+                log.append(subject_)
+                stored_events.append(event)
+                stored_rids.append(rid)
+                stored_bodies.append(body)
+                seq = len(log)
+                if trace is not None:
+                    traces[seq - 1] = trace
+                published.append(event)
+                acks.append(PublishAck(stream, seq, False))
+        finally:
+            self._progress += len(log) - first
+            for stored in dict.fromkeys(log[first:]):
+                self._wake(stored)
+        return acks
 
     async def publish_raw(
         self, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
@@ -679,7 +778,7 @@ class InMemoryEventBus:
         for key, value in (headers or {}).items():
             if key.lower() == event_codec.H_MSG_ID.lower():
                 msg_id = value
-        ack = self._append(subject, None, None, msg_id, None)
+        ack = self._append(subject, None, None, msg_id, None, trace=OUTGOING.get())
         if not ack.duplicate:
             self._raw[ack.sequence - 1] = (bytes(payload), dict(headers or {}), self._clock.now())
         return ack
@@ -687,7 +786,8 @@ class InMemoryEventBus:
     def _check(
         self, event: Event, subject: str | None, rid: str | None
     ) -> tuple[str, bytes | None]:
-        """The subject to store ``event`` on and its JSON body, once both are valid."""
+        """The subject to store ``event`` on and its JSON body, once both are valid
+        (publish_many does the same, written out)."""
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         subject = check_publish_subject(event.type if subject is None else subject)
@@ -696,7 +796,12 @@ class InMemoryEventBus:
         except TypeError:  # integers beyond 64 bits, lone surrogates: the codec's way
             body = None
         size = len(event_codec.encode_data(event.data) if body is None else body)
-        if size + _header_bound(event, rid) > self._max_payload:
+        # the bound on the header block (see _FIXED_HEADERS)
+        chars = 2 * len(event.id) + len(event.type) + len(event.source)
+        chars += (
+            len(event.organization_id) if rid is None else len(event.organization_id) + len(rid)
+        )
+        if size + _FIXED_HEADERS + _BYTES_PER_CHAR * chars > self._max_payload:
             wire_body, headers = event_codec.encode(event, request_id=rid)
             check_wire_size(subject, wire_body, headers, self._max_payload)
         return subject, body
@@ -708,38 +813,47 @@ class InMemoryEventBus:
         rid: str | None,
         msg_id: str | None,
         body: bytes | None,
+        *,
+        trace: Carrier | None,
     ) -> PublishAck:
+        """Store one message (``trace``: OUTGOING's value when it was published).
+        publish_many does the same, written out."""
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
         subjects = self._subjects
         if msg_id is not None and self._window > 0:
             now = self._clock.monotonic()
-            expiry = self._id_expiry
-            while expiry and expiry[0][0] <= now:
+            expiry_at = self._expiry_at
+            ids = self._ids
+            while expiry_at and expiry_at[0] <= now:
                 # An id is re-registered only after its entry expired and was
                 # swept here, so the map entry for ``old`` is always this one.
-                del self._ids[expiry.popleft()[1]]
-            seen = self._ids.get(msg_id)
+                expiry_at.popleft()
+                del ids[self._expiry_ids.popleft()]
+            seen = ids.get(msg_id)
             if seen is not None:
-                return PublishAck(self._stream, seen[0], True)
-            until = now + self._window
-            self._ids[msg_id] = (len(subjects) + 1, until)
-            expiry.append((until, msg_id))
+                return PublishAck(self._stream, seen, True)
+            ids[msg_id] = len(subjects) + 1
+            expiry_at.append(now + self._window)
+            self._expiry_ids.append(msg_id)
         subjects.append(subject)
         self._events.append(event)
         self._rids.append(rid)
         self._bodies.append(body)
-        trace = OUTGOING.get()
-        if trace is not None:
-            self._traces[len(subjects) - 1] = trace
         seq = len(subjects)
+        if trace is not None:
+            self._traces[seq - 1] = trace
         if event is not None:
             self.published.append(event)
-        for durable in self._durables.values():
-            if durable.members and durable.matches(subject):
-                durable.has_work.set()
+        self._wake(subject)
         self._progress += 1
         return PublishAck(self._stream, seq, False)
+
+    def _wake(self, subject: str) -> None:
+        """Wake the durables with members that consume ``subject``."""
+        for durable in self._durable_list:
+            if durable.members and durable.matches(subject):
+                durable.has_work.set()
 
     # -- Subscriber -------------------------------------------------------------------
 
@@ -774,6 +888,7 @@ class InMemoryEventBus:
         group = self._durables.get(durable)
         if group is None:
             group = self._durables[durable] = _Durable(self, durable, subject)
+            self._durable_list.append(group)
         elif group.subject != subject:
             raise Conflict(
                 f"durable {durable!r} already consumes {group.subject!r}, not {subject!r}",
