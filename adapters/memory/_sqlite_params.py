@@ -102,7 +102,13 @@ def check_parameters(values: Sequence[Any], typed: Sequence[TypedPlaceholder]) -
             continue
         sent = _sent_type(value)
         if sent is None or sent in _ACCEPTS[ctype.kind]:
-            if use == "assign" and sent in _NUMBERS:
+            if use == "compare" and sent in ("float8", "numeric") and _is_nan(value):
+                # PostgreSQL orders NaN above every number and equal to itself only:
+                # an integer column holds none, so infinity answers alike.
+                if ctype.kind == "numeric":
+                    raise unsupported("NaN compared with a NUMERIC column")
+                out[position] = math.inf
+            elif use == "assign" and sent in _NUMBERS:
                 integral = ctype.kind in ("int4", "int8") and sent != "int"
                 rounded = _rounded(value) if integral else value
                 # As SQLite is given it (a Decimal as its text).
@@ -133,6 +139,10 @@ def _read_as(value: Any, ctype: ColumnType, *, typmod: bool = True) -> Any:
         raise exc.error from None
 
 
+def _is_nan(value: float | Decimal) -> bool:
+    return value.is_nan() if isinstance(value, Decimal) else math.isnan(value)
+
+
 def _rounded(value: float | Decimal) -> int | float:
     if isinstance(value, float):
         # float8 -> integer rounds half to even (rint); inf/nan stay for the range check.
@@ -140,7 +150,7 @@ def _rounded(value: float | Decimal) -> int | float:
     if value.is_nan():
         raise data_error("0A000", "cannot convert NaN to integer")
     if value.is_infinite():
-        raise data_error("22003", "cannot convert infinity to integer")
+        raise data_error("0A000", "cannot convert infinity to integer")
     return int(value.to_integral_value(ROUND_HALF_UP))
 
 
@@ -150,7 +160,7 @@ def _bytea_input(text: str) -> bytes:
         try:
             return bytes.fromhex(text[2:])
         except ValueError:
-            raise data_error("22P02", "invalid hexadecimal data") from None
+            raise data_error("22023", "invalid hexadecimal digit") from None
     if "\\" in text:
         raise unsupported("bytea escape format input")
     return text.encode()

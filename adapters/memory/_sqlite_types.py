@@ -148,6 +148,7 @@ _STATE_NAMES: Final = {
     "22P05": "UntranslatableCharacter",
     "42883": "UndefinedFunction",
     "42804": "DatatypeMismatch",
+    "22023": "InvalidParameterValue",
     "0A000": "FeatureNotSupported",
 }
 
@@ -236,7 +237,15 @@ def _plain(value: Decimal) -> Decimal:
     return value if value != 0 or not value.is_signed() else abs(value)
 
 
+_INFINITIES: Final = frozenset({"infinity", "+infinity", "-infinity", "inf", "+inf", "-inf"})
+
+
 def _numeric(value: Any, precision: int, scale: int) -> Decimal:
+    infinite = (isinstance(value, float) and math.isinf(value)) or (
+        isinstance(value, str) and value.strip().lower() in _INFINITIES
+    )
+    if infinite and precision:  # NUMERIC(p,s) holds no infinity; NUMERIC would
+        _fail("22003", "numeric field overflow")
     number = _decimal(value)
     if scale < 0:
         return number

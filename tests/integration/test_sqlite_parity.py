@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -251,6 +251,17 @@ _PYTHON_VALUES = [
     datetime(2024, 1, 1, tzinfo=UTC),
     uuid.UUID(int=5),
     b"x",
+    # edges of the conversions: NaN and infinities, signed zero, float8's exponent
+    # form, a naive timestamp, a date, bad bytea input
+    Decimal("NaN"),
+    Decimal("Infinity"),
+    float("nan"),
+    -0.0,
+    1.5e-05,
+    datetime(2024, 1, 1, 12, 30),
+    date(2024, 1, 1),
+    "\\xzz",
+    memoryview(b"ab"),
 ]
 
 
@@ -267,7 +278,8 @@ async def _typed_outcome(db: Database, sql: str, params: Any) -> Any:
 def test_parameters_of_another_type_are_refused_or_read_alike(pair: _Pair, column: str) -> None:
     """A Python value written to a column or compared with one is taken, converted or
     refused (42804 on assignment, 42883 in a comparison, the column type's data error
-    for a string it cannot read) as psycopg and PostgreSQL do, and compares alike."""
+    for a string it cannot read) as psycopg and PostgreSQL do, and compares alike; or
+    the fake refuses it as outside its subset."""
     table = unique_table_name("hxp")
     ddl = ", ".join(f"{name} {sql_type}" for name, (sql_type, _) in _TYPED_COLUMNS.items())
     statements = [
@@ -300,4 +312,10 @@ def test_parameters_of_another_type_are_refused_or_read_alike(pair: _Pair, colum
 
     fake, real = pair.run(body(pair.fake)), pair.run(body(pair.real))
     cases = [(repr(v), sql) for v in _PYTHON_VALUES for sql, _ in statements]
-    assert [(c, f, r) for c, f, r in zip(cases, fake, real, strict=True) if f != r] == []
+    # The fake may refuse what it cannot answer (NaN in a NUMERIC column), by name;
+    # it never answers differently.
+    refused = ("error", "Unsupported", None)
+    differing = [
+        (c, f, r) for c, f, r in zip(cases, fake, real, strict=True) if f not in (r, refused)
+    ]
+    assert differing == []
