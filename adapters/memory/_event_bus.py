@@ -684,86 +684,32 @@ class InMemoryEventBus:
         subject, body = self._check(event, subject, rid)
         return self._append(subject, event, rid, event.id, body, trace=OUTGOING.get())
 
-    async def publish_many(  # noqa: PLR0912, PLR0915 - check and store, written out
+    async def publish_many(
         self, events: Sequence[Event], *, subject: str | None = None
     ) -> list[PublishAck]:
         """Publish each event in order; the acks in the same order. Every event is
         checked first: if one is invalid, none is stored."""
-        # _check then _append for each event, written out (the hot path of a batch):
-        # every event is checked before any is stored.
+        # Every event is checked before any is stored; the durables are woken once per
+        # subject stored, in the order the first event of each would have woken them.
         rid = request_id()
         batch = events if isinstance(events, list | tuple) else list(events)
-        max_payload = self._max_payload
-        rid_chars = 0 if rid is None else len(rid)
-        subjects: list[str] = []
-        bodies: list[bytes | None] = []
-        for event in batch:
-            if not isinstance(event, Event):
-                raise TypeError("publish takes an Event")
-            subject_ = check_publish_subject(event.type if subject is None else subject)
-            try:
-                body: bytes | None = _dumps(event.data)
-            except TypeError:  # integers beyond 64 bits, lone surrogates: the codec's way
-                body = None
-            size = len(event_codec.encode_data(event.data) if body is None else body)
-            chars = 2 * len(event.id) + len(event.type) + len(event.source)
-            chars += len(event.organization_id) + rid_chars
-            if size + _FIXED_HEADERS + _BYTES_PER_CHAR * chars > max_payload:
-                wire_body, headers = event_codec.encode(event, request_id=rid)
-                check_wire_size(subject_, wire_body, headers, max_payload)
-            subjects.append(subject_)
-            bodies.append(body)
+        checked = [self._check(event, subject, rid) for event in batch]
         if not batch:
             return []
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
-        # Nothing else runs until this returns: the trace context is the same for the
-        # whole batch, and the durables are woken once per subject stored, in the
-        # order the first event of each would have woken them.
-        trace = OUTGOING.get()
-        stream = self._stream
-        window = self._window
-        monotonic = self._clock.monotonic
-        ids = self._ids
-        expiry_at = self._expiry_at
-        expiry_ids = self._expiry_ids
+        trace = OUTGOING.get()  # nothing else runs until this returns: one context
         log = self._subjects
-        stored_events = self._events
-        stored_rids = self._rids
-        stored_bodies = self._bodies
-        traces = self._traces
-        published = self.published
         first = len(log)
-        acks: list[PublishAck] = []
         try:
-            for event, subject_, body in zip(batch, subjects, bodies, strict=True):
-                msg_id = event.id
-                if msg_id is not None and window > 0:
-                    now = monotonic()
-                    while expiry_at and expiry_at[0] <= now:
-                        expiry_at.popleft()
-                        del ids[expiry_ids.popleft()]
-                    seen = ids.get(msg_id)
-                    if seen is not None:
-                        acks.append(PublishAck(stream, seen, True))
-                        continue
-                    ids[msg_id] = len(log) + 1
-                    expiry_at.append(now + window)
-                    expiry_ids.append(msg_id)
-                log.append(subject_)
-                stored_events.append(event)
-                stored_rids.append(rid)
-                stored_bodies.append(body)
-                seq = len(log)
-                if trace is not None:
-                    traces[seq - 1] = trace
-                published.append(event)
-                acks.append(PublishAck(stream, seq, False))
+            return [
+                self._store(subject_, event, rid, event.id, body, trace=trace)
+                for event, (subject_, body) in zip(batch, checked, strict=True)
+            ]
         finally:
             self._progress += len(log) - first
             for stored in dict.fromkeys(log[first:]):
                 self._wake(stored)
-        return acks
 
     async def publish_raw(
         self, subject: str, payload: bytes, headers: Mapping[str, str] | None = None
@@ -786,8 +732,7 @@ class InMemoryEventBus:
     def _check(
         self, event: Event, subject: str | None, rid: str | None
     ) -> tuple[str, bytes | None]:
-        """The subject to store ``event`` on and its JSON body, once both are valid
-        (publish_many does the same, written out)."""
+        """The subject to store ``event`` on and its JSON body, once both are valid."""
         if not isinstance(event, Event):
             raise TypeError("publish takes an Event")
         subject = check_publish_subject(event.type if subject is None else subject)
@@ -816,10 +761,28 @@ class InMemoryEventBus:
         *,
         trace: Carrier | None,
     ) -> PublishAck:
-        """Store one message (``trace``: OUTGOING's value when it was published).
-        publish_many does the same, written out."""
+        """Store one message (``trace``: OUTGOING's value when it was published) and
+        wake its consumers."""
         if self._closed:
             raise ServiceUnavailable("event bus is closed")
+        ack = self._store(subject, event, rid, msg_id, body, trace=trace)
+        if not ack.duplicate:
+            self._wake(subject)
+            self._progress += 1
+        return ack
+
+    def _store(
+        self,
+        subject: str,
+        event: Event | None,
+        rid: str | None,
+        msg_id: str | None,
+        body: bytes | None,
+        *,
+        trace: Carrier | None,
+    ) -> PublishAck:
+        """Append one message to the log, or the ack of the one whose id it repeats
+        within the dedupe window."""
         subjects = self._subjects
         if msg_id is not None and self._window > 0:
             now = self._clock.monotonic()
@@ -845,8 +808,6 @@ class InMemoryEventBus:
             self._traces[seq - 1] = trace
         if event is not None:
             self.published.append(event)
-        self._wake(subject)
-        self._progress += 1
         return PublishAck(self._stream, seq, False)
 
     def _wake(self, subject: str) -> None:
