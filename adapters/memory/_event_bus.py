@@ -146,6 +146,22 @@ class _Durable:
             hit = self._matches[subject] = self.pattern.match(subject) is not None
         return hit
 
+    def take(self) -> int:
+        """The index of the next message to deliver (a redelivery first), or -1."""
+        if self.redeliver:
+            return self.redeliver.popleft()
+        subjects = self.bus._subjects
+        end = len(subjects)
+        cursor = self.cursor
+        index = -1
+        while cursor < end:
+            cursor += 1
+            if self.matches(subjects[cursor - 1]):
+                index = cursor - 1
+                break
+        self.cursor = cursor
+        return index
+
     def has_deliverable(self) -> bool:
         if not self.members:
             return False
@@ -248,17 +264,13 @@ class InMemorySubscription:
             subject=self._durable.subject,
         )
 
-    async def _work(self) -> None:  # noqa: PLR0912, PLR0915 - the delivery loop, written out
-        # The hot loop of delivery, its steps written out (no Python call per step):
-        # take the next index (a redelivery first, else the next matching subject in
+    async def _work(self) -> None:  # noqa: PLR0912, PLR0915 - one loop, a branch per outcome
+        # Take the next index (a redelivery first, else the next matching subject in
         # the log), copy the event, run the handler in the event's own context.
         bus = self._bus
         durable = self._durable
         attempts = durable.attempts
         redeliver = durable.redeliver
-        matched = durable._matches
-        matches = durable.matches
-        subjects = bus._subjects
         events = bus._events
         rids = bus._rids
         bodies = bus._bodies
@@ -266,33 +278,14 @@ class InMemorySubscription:
         handler = self._handler
         timeout = self._handler_timeout
         max_deliver = self._max_deliver
-        trusted = bool(_SLOTS)
-        set_type, set_source, set_organization_id, set_data, set_id, set_timestamp = (
-            _SLOTS or (None,) * 6
-        )
         since_yield = 0
         while not self._stopping:
-            if redeliver:
-                index = redeliver.popleft()
-            else:
-                index = -1
-                cursor = durable.cursor
-                end = len(subjects)
-                while cursor < end:
-                    subject = subjects[cursor]
-                    cursor += 1
-                    hit = matched.get(subject)
-                    if hit is None:
-                        hit = matches(subject)
-                    if hit:
-                        index = cursor - 1
-                        break
-                durable.cursor = cursor
-                if index < 0:
-                    durable.has_work.clear()
-                    await durable.has_work.wait()
-                    since_yield = 0
-                    continue
+            index = durable.take()
+            if index < 0:
+                durable.has_work.clear()
+                await durable.has_work.wait()
+                since_yield = 0
+                continue
             attempt = attempts.get(index, 0) + 1 if attempts else 1
             durable.inflight += 1
             bus._progress += 1
@@ -308,16 +301,7 @@ class InMemorySubscription:
                     rid = rids[index]
                     body = bodies[index]
                     data = _json_copy(stored.data) if body is None else _loads(body)
-                    if trusted:  # _with_data(stored, data), written out
-                        event = _new(Event)
-                        set_type(event, stored.type)
-                        set_source(event, stored.source)
-                        set_organization_id(event, stored.organization_id)
-                        set_data(event, data)
-                        set_id(event, stored.id)
-                        set_timestamp(event, stored.timestamp)
-                    else:
-                        event = _with_data(stored, data)
+                    event = _with_data(stored, data)
                     verdict = before_run(attempt, max_deliver)
                     if verdict is not None:
                         self._dead(index, stored, verdict.reason, attempt - 1, verdict.error)
